@@ -1,0 +1,5 @@
+"""otel-spawn: one instrumentation for CLI orchestrators."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
