@@ -1,5 +1,33 @@
-"""otel-spawn: one instrumentation for CLI orchestrators."""
+"""otel-spawn: one instrumentation for CLI orchestrators.
+
+Orchestration steps become OpenTelemetry spans; finished steps become scrubbed PostHog funnel
+events; backends are chosen by configuration.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from otel_spawn._errors import ConfigError
+from otel_spawn._exporters import LocalSpanExporter, PostHogSpanExporter
+from otel_spawn._funnel import funnel, set_context, step, track
+from otel_spawn._scrub_processor import ScrubbingSpanProcessor
+from otel_spawn._scrubber import Scrubber, ScrubOptions
+from otel_spawn._setup import Telemetry, configure, scrub, shutdown
+from otel_spawn._version import __version__
+
+__all__ = [
+    "ConfigError",
+    "LocalSpanExporter",
+    "PostHogSpanExporter",
+    "ScrubOptions",
+    "Scrubber",
+    "ScrubbingSpanProcessor",
+    "Telemetry",
+    "__version__",
+    "configure",
+    "funnel",
+    "scrub",
+    "set_context",
+    "shutdown",
+    "step",
+    "track",
+]

@@ -1,0 +1,188 @@
+"""Delivery: an outbox of product events and a background sender that drains it to PostHog.
+
+The exporter only `put`s events into an `Outbox` (cheap, on the host's thread); the `Sender`
+thread takes batches, sends them, and `ack`s only what PostHog acknowledged. `MemoryOutbox` is the
+in-process implementation; a durable spool implements the same protocol.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from otel_spawn._guard import logger, warn_once
+from otel_spawn._posthog import Event, Outcome, PostHogClient, Verdict
+
+
+class Outbox(Protocol):
+    def put(self, events: Sequence[Event]) -> None: ...
+    def take(self, limit: int) -> list[Event]: ...  # claim the oldest unsent events
+    def ack(self, events: Sequence[Event]) -> None: ...  # delivered: forget them
+    def release(self, events: Sequence[Event]) -> None: ...  # not delivered: offer again later
+    def quarantine(self, events: Sequence[Event], reason: str) -> None: ...  # refused by the server
+    def depth(self) -> int: ...
+
+
+@dataclass
+class DeliveryStats:
+    sent: int = 0
+    retries: int = 0
+    quarantined: int = 0
+    evicted: int = 0
+    last_error: str | None = None
+    auth_failed: bool = False
+
+
+class MemoryOutbox:
+    """A bounded in-memory outbox: when full, the oldest event is evicted (and counted)."""
+
+    def __init__(self, *, capacity: int = 10_000, stats: DeliveryStats | None = None) -> None:
+        self._queue: deque[Event] = deque()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self.stats = stats or DeliveryStats()
+        self.quarantined: list[tuple[Event, str]] = []
+
+    def put(self, events: Sequence[Event]) -> None:
+        with self._lock:
+            self._queue.extend(events)
+            while len(self._queue) > self._capacity:
+                self._queue.popleft()
+                self.stats.evicted += 1
+
+    def take(self, limit: int) -> list[Event]:
+        with self._lock:
+            return [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
+
+    def ack(self, events: Sequence[Event]) -> None:
+        pass
+
+    def release(self, events: Sequence[Event]) -> None:
+        with self._lock:
+            self._queue.extendleft(reversed(events))
+
+    def quarantine(self, events: Sequence[Event], reason: str) -> None:
+        self.quarantined.extend((event, reason) for event in events)
+
+    def depth(self) -> int:
+        return len(self._queue)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Jittered exponential backoff; a server's Retry-After is honoured when longer."""
+
+    base: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        wait: float = min(self.cap, self.base * 2.0**attempt) * random.uniform(0.5, 1.0)
+        return max(wait, min(retry_after or 0.0, 300.0))
+
+
+@dataclass
+class Sender:
+    """Drains an outbox to PostHog in batches on one background thread."""
+
+    outbox: Outbox
+    client: PostHogClient
+    batch_size: int = 100
+    interval: float = 0.2
+    backoff: Backoff = field(default_factory=Backoff)
+    stats: DeliveryStats = field(default_factory=DeliveryStats)
+
+    def __post_init__(self) -> None:
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # one delivery loop at a time
+        self._thread: threading.Thread | None = None
+        self._attempt = 0
+        self._not_before = 0.0
+
+    def notify(self) -> None:
+        """Events are waiting: start the thread if needed and wake it."""
+        if self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._run, name="otel-spawn-sender", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(max(self.interval, self._not_before - time.monotonic()))
+            self._wake.clear()
+            try:
+                self.drain(deadline=None)
+            except Exception as exc:  # never let the thread die silently
+                warn_once("sender", "otel-spawn: sender error: %s: %s", type(exc).__name__, exc)
+
+    def drain(self, deadline: float | None) -> bool:
+        """Send until the outbox is empty, the server says wait, or the deadline passes. True if empty."""
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(timeout=wait):
+            return False
+        try:
+            while not self.stats.auth_failed and time.monotonic() >= self._not_before:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                batch = self.outbox.take(self.batch_size)
+                if not batch:
+                    return True
+                if not self._deliver(batch, deadline):
+                    return False
+            return False
+        finally:
+            self._lock.release()
+
+    def _deliver(self, batch: list[Event], deadline: float | None) -> bool:
+        timeout = None if deadline is None else max(0.01, deadline - time.monotonic())
+        outcome = self.client.send(batch, timeout=timeout)
+        if outcome.verdict is Verdict.OK:
+            self.outbox.ack(batch)
+            self.stats.sent += len(batch)
+            self._attempt = 0
+            return True
+        self.stats.last_error = _describe(outcome)
+        if outcome.verdict is Verdict.RETRY:
+            self.outbox.release(batch)
+            self.stats.retries += 1
+            self._not_before = time.monotonic() + self.backoff.delay(self._attempt, outcome.retry_after)
+            self._attempt += 1
+            return False
+        if outcome.verdict is Verdict.AUTH:
+            self.outbox.release(batch)
+            self.stats.auth_failed = True
+            warn_once(
+                "auth",
+                "otel-spawn: PostHog refused the project key (%s); events are kept, not sent. "
+                "Fix OTEL_EXPORTER_POSTHOG_API_KEY (a phc_ project key of this host's project)",
+                outcome.status,
+            )
+            return False
+        if outcome.verdict in (Verdict.BAD_REQUEST, Verdict.TOO_LARGE) and len(batch) > 1:
+            half = len(batch) // 2  # find the offending events; deliver the rest
+            return self._deliver(batch[:half], deadline) and self._deliver(batch[half:], deadline)
+        self.outbox.quarantine(batch, _describe(outcome))
+        self.stats.quarantined += len(batch)
+        logger.warning("otel-spawn: PostHog refused %d event(s): %s", len(batch), _describe(outcome))
+        return True
+
+    def shutdown(self, timeout: float) -> None:
+        """Deliver what is waiting within `timeout` seconds, then stop. Idempotent."""
+        if self._stop.is_set():
+            return
+        self.drain(deadline=time.monotonic() + timeout)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=0.05)
+        self.client.close()
+
+
+def _describe(outcome: Outcome) -> str:
+    status = f"HTTP {outcome.status}" if outcome.status else "network error"
+    return f"{status}: {outcome.detail}" if outcome.detail else status

@@ -1,0 +1,67 @@
+"""Span exporters for product events: thin shells around `translate` and a destination."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from otel_spawn._delivery import Outbox, Sender
+from otel_spawn._guard import guarded
+from otel_spawn._local import LocalStore
+from otel_spawn._posthog import Event
+from otel_spawn._translate import EventContext, translate
+
+
+def translate_all(spans: Sequence[ReadableSpan], ctx: EventContext) -> list[Event]:
+    return [event for span in spans for event in translate(span, ctx)]
+
+
+class PostHogSpanExporter(SpanExporter):
+    """Translates finished spans into PostHog events and hands them to the outbox; a sender delivers."""
+
+    def __init__(
+        self, *, context: EventContext, outbox: Outbox, sender: Sender, exit_timeout: float = 2.0
+    ) -> None:
+        self.context = context
+        self.outbox = outbox
+        self.sender = sender
+        self.exit_timeout = exit_timeout
+
+    @guarded("posthog exporter", SpanExportResult.FAILURE)
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        events = translate_all(spans, self.context)
+        if events:
+            self.outbox.put(events)
+            self.sender.notify()
+        return SpanExportResult.SUCCESS
+
+    @guarded("posthog exporter shutdown", None)
+    def shutdown(self) -> None:
+        self.sender.shutdown(self.exit_timeout)
+
+    @guarded("posthog exporter flush", False)
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.sender.drain(deadline=time.monotonic() + timeout_millis / 1000)
+
+
+class LocalSpanExporter(SpanExporter):
+    """Writes product events and spans to the local SQLite sink."""
+
+    def __init__(self, *, context: EventContext, store: LocalStore) -> None:
+        self.context = context
+        self.store = store
+
+    @guarded("local exporter", SpanExportResult.FAILURE)
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.store.write(translate_all(spans, self.context), spans)
+        return SpanExportResult.SUCCESS
+
+    @guarded("local exporter shutdown", None)
+    def shutdown(self) -> None:
+        self.store.close()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True

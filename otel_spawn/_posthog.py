@@ -1,0 +1,113 @@
+"""PostHog capture over httpx: one `POST /batch/` and what its answer means. No retry loop here.
+
+The body has no `sent_at`: PostHog shifts an event's timestamp by (server now - sent_at), so a
+resend with a fresh `sent_at` could change the stored timestamp and defeat deduplication. Without
+it a resend of the same events is byte-identical (gzip mtime is pinned to 0).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from enum import Enum
+from typing import Any
+
+import httpx
+
+from otel_spawn._version import __version__
+
+Event = dict[str, Any]
+
+
+class Verdict(Enum):
+    OK = "ok"
+    RETRY = "retry"  # network error, 5xx, 408, 429: try again later, same bytes
+    BAD_REQUEST = "bad_request"  # 400: some event of the batch is invalid
+    TOO_LARGE = "too_large"  # 413: split and resend
+    AUTH = "auth"  # 401/403: the key is wrong; stop sending
+    REJECTED = "rejected"  # any other 4xx: never retried
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Verdict
+    status: int | None = None
+    retry_after: float | None = None
+    detail: str = ""
+
+
+def encode_batch(api_key: str, events: Sequence[Event]) -> bytes:
+    """The gzip body of `POST /batch/`: deterministic, so a resend is byte-identical."""
+    body = json.dumps({"api_key": api_key, "batch": list(events)}, separators=(",", ":"), default=str)
+    return gzip.compress(body.encode("utf-8"), mtime=0)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from datetime import datetime, timezone
+
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def classify(status: int, retry_after: str | None = None, detail: str = "") -> Outcome:
+    """What a status code from the capture endpoint means for the batch."""
+    if 200 <= status < 300:
+        return Outcome(Verdict.OK, status)
+    if status >= 500 or status in (408, 429):
+        return Outcome(Verdict.RETRY, status, parse_retry_after(retry_after), detail)
+    verdict = {400: Verdict.BAD_REQUEST, 413: Verdict.TOO_LARGE, 401: Verdict.AUTH, 403: Verdict.AUTH}.get(
+        status, Verdict.REJECTED
+    )
+    return Outcome(verdict, status, None, detail)
+
+
+class PostHogClient:
+    """Sends one batch and classifies the answer; never raises."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        api_key: str,
+        timeout: float = 10.0,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.url = host.rstrip("/") + "/batch/"
+        self.api_key = api_key
+        self._client = client or httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+        self._owns_client = client is None
+
+    def send(self, events: Sequence[Event], timeout: float | None = None) -> Outcome:
+        """POST one batch; `timeout` (seconds) caps this request, else the client's timeout applies."""
+        body = encode_batch(self.api_key, events)
+        headers = {
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+            "User-Agent": f"otel-spawn/{__version__}",
+        }
+        try:
+            response = self._client.post(
+                self.url,
+                content=body,
+                headers=headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else httpx.Timeout(timeout),
+            )
+        except httpx.HTTPError as exc:
+            return Outcome(Verdict.RETRY, None, None, f"{type(exc).__name__}: {exc}")
+        return classify(response.status_code, response.headers.get("Retry-After"), response.text[:200])
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()

@@ -1,0 +1,244 @@
+"""`configure()`: resolve settings, decide the privacy gates, build the pipeline.
+
+Pipeline: TracerProvider -> ScrubbingSpanProcessor -> one processor per backend. Nothing reaches any
+exporter (or the disk) before it has been scrubbed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+
+from otel_spawn import _config, _gates, _state
+from otel_spawn._children import install_child_propagation
+from otel_spawn._delivery import DeliveryStats, MemoryOutbox, Sender
+from otel_spawn._errors import ConfigError
+from otel_spawn._exporters import LocalSpanExporter, PostHogSpanExporter
+from otel_spawn._funnel import inherit_funnel, use_tracer_provider
+from otel_spawn._local import LocalStore
+from otel_spawn._posthog import PostHogClient
+from otel_spawn._scrub_processor import ScrubbingSpanProcessor
+from otel_spawn._scrubber import Scrubber, ScrubOptions, default_scrubber
+from otel_spawn._spec import instrument_spec, load_spec
+from otel_spawn._translate import EventContext
+from otel_spawn._version import __version__
+
+_CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "CIRCLECI", "TF_BUILD", "JENKINS_URL")
+_REMOTE = {"posthog", "otlp"}
+
+
+@dataclass
+class Telemetry:
+    """The handle `configure()` returns: what is on, and a bounded, idempotent shutdown."""
+
+    settings: _config.Settings
+    decision: _gates.Decision
+    provider: TracerProvider | None = None
+    distinct_id: str | None = None
+    scrubber: Scrubber = field(default_factory=Scrubber)
+    delivery: DeliveryStats = field(default_factory=DeliveryStats)
+    _closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def enabled(self) -> bool:
+        return self.decision.enabled
+
+    def force_flush(self, timeout_millis: int = 5_000) -> bool:
+        return self.provider.force_flush(timeout_millis) if self.provider else True
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+_active: Telemetry | None = None
+
+
+def active() -> Telemetry | None:
+    """The telemetry set up by the last `configure()` call in this process."""
+    return _active
+
+
+def is_ci(environ: dict[str, str] | os._Environ[str]) -> bool:
+    return any(environ.get(name, "").lower() not in ("", "0", "false") for name in _CI_VARIABLES)
+
+
+def static_properties(settings: _config.Settings) -> dict[str, Any]:
+    """Properties every event of this process carries."""
+    return {
+        "app": settings.app,
+        "app_version": settings.app_version,
+        "source": settings.source,
+        "os": platform.system().lower(),
+        "arch": platform.machine().lower(),
+        "python_version": platform.python_version(),
+        "is_ci": is_ci(os.environ),
+        "$lib": "otel-spawn",
+        "$lib_version": __version__,
+        "$process_person_profile": False,
+        "$ip": None,
+        "$geoip_disable": True,
+    }
+
+
+def _otlp_exporter() -> Any:
+    protocol = os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    )
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
+                OTLPSpanExporter as GrpcExporter,
+            )
+        except ImportError as exc:
+            raise ConfigError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the grpc extra: pip install 'otel-spawn[grpc]', "
+                "or use http/protobuf (Jaeger and the Collector accept it on port 4318)"
+            ) from exc
+        return GrpcExporter()
+    if protocol not in ("http/protobuf", ""):
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: use http/protobuf or grpc"
+        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
+
+
+def _show_notice(settings: _config.Settings) -> None:
+    if not _REMOTE & set(settings.exporters) or not _state.claim_notice(settings.home):
+        return
+    print(
+        f"{settings.app}: sends anonymous usage telemetry (which steps ran, how long they took, OS, "
+        f"versions); secrets and personal data are scrubbed first. Opt out: {settings.opt_out_env}=0, "
+        "DO_NOT_TRACK=1, or `otel-spawn disable`.",
+        file=sys.stderr,
+    )
+
+
+def posthog_exporter(
+    settings: _config.Settings,
+    context: EventContext,
+    http_client: httpx.Client | None = None,
+    stats: DeliveryStats | None = None,
+) -> PostHogSpanExporter:
+    """The PostHog exporter with its outbox and background sender."""
+    assert settings.posthog.api_key is not None  # checked by _config.resolve
+    client = PostHogClient(host=settings.posthog.host, api_key=settings.posthog.api_key, client=http_client)
+    stats = stats or DeliveryStats()
+    outbox = MemoryOutbox(stats=stats)
+    return PostHogSpanExporter(
+        context=context, outbox=outbox, sender=Sender(outbox=outbox, client=client, stats=stats)
+    )
+
+
+def _processors(
+    telemetry: Telemetry, context: EventContext, http_client: httpx.Client | None
+) -> list[SpanProcessor]:
+    settings = telemetry.settings
+    out: list[SpanProcessor] = []
+    for name in settings.exporters:
+        if name == "local":
+            store = LocalStore(settings.home)
+            out.append(SimpleSpanProcessor(LocalSpanExporter(context=context, store=store)))
+        elif name == "posthog":
+            exporter = posthog_exporter(settings, context, http_client, telemetry.delivery)
+            out.append(SimpleSpanProcessor(exporter))
+        elif name == "otlp":
+            out.append(BatchSpanProcessor(_otlp_exporter()))
+        elif name == "console":
+            out.append(SimpleSpanProcessor(ConsoleSpanExporter()))
+    return out
+
+
+def configure(
+    *,
+    app: str | None = None,
+    app_version: str | None = None,
+    exporters: str | list[str] | None = None,
+    enabled: bool | None = None,
+    source: str | None = None,
+    posthog_host: str | None = None,
+    posthog_api_key: str | None = None,
+    scrub: ScrubOptions | None = None,
+    home: str | Path | None = None,
+    funnel_spec: str | Path | dict[str, Any] | None = None,
+    http_client: httpx.Client | None = None,
+) -> Telemetry:
+    """Set up otel-spawn for this process; call once, early. Raises ConfigError on bad settings.
+
+    Each argument overrides its environment variable, which overrides the config file
+    (otel-spawn.toml, [tool.otel-spawn] in pyproject.toml, or OTEL_SPAWN_CONFIG). `funnel_spec` is a
+    declarative funnel (a [funnel] table, or a TOML file holding one) to auto-instrument.
+    """
+    global _active
+    explicit = {
+        "app": app,
+        "app_version": app_version,
+        "exporters": exporters,
+        "source": source,
+        "posthog_host": posthog_host,
+        "posthog_api_key": posthog_api_key,
+        "scrub": scrub,
+        "home": home,
+    }
+    settings = _config.resolve(explicit)
+    scrubber = Scrubber(settings.scrub)  # compiles user patterns: a bad one fails here
+    spec = load_spec(funnel_spec, settings)  # a bad funnel spec fails here
+    decision = _gates.decide(enabled, settings.opt_out_env, settings.home)
+    if _active is not None:
+        _active.shutdown()
+    telemetry = Telemetry(settings=settings, decision=decision, scrubber=scrubber)
+    _active = telemetry
+    if not decision.enabled:
+        use_tracer_provider(trace.NoOpTracerProvider())
+        return telemetry
+
+    telemetry.distinct_id = _state.distinct_id(settings.home)
+    _show_notice(settings)
+    context = EventContext(
+        distinct_id=telemetry.distinct_id, prefix=settings.event_prefix, static=static_properties(settings)
+    )
+    resource = Resource.create(
+        {"service.name": settings.service_name, "service.version": settings.app_version}
+    )
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(
+        ScrubbingSpanProcessor(scrubber, _processors(telemetry, context, http_client))
+    )
+    telemetry.provider = provider
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(provider)
+    use_tracer_provider(provider)
+    inherit_funnel(os.environ)  # a child process continues its parent's funnel
+    install_child_propagation()  # ... and hands it on to its own children
+    if spec is not None:
+        instrument_spec(spec)
+    return telemetry
+
+
+def shutdown() -> None:
+    """Deliver what is pending (bounded) and stop; idempotent."""
+    if _active is not None:
+        _active.shutdown()
+
+
+def scrub(text: str) -> str:
+    """Scrub `text` with the same rules (and configured options) the span processor uses."""
+    return (_active.scrubber if _active is not None else default_scrubber()).scrub(text)
