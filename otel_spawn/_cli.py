@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +43,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "state_dir": str(settings.home),
         "config_file": str(settings.config_file) if settings.config_file else None,
         "posthog_host": settings.posthog.host if "posthog" in settings.exporters else None,
+        **_spool_report(settings),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -56,6 +58,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spool_report(settings: _config.Settings) -> dict[str, Any]:
+    from otel_spawn._spool import SPOOL_DB, SqliteSpool
+
+    if not (settings.home / SPOOL_DB).exists():
+        return {"spool": "empty (no events spooled yet)"}
+    spool = SqliteSpool(settings.home)
+    try:
+        status = spool.status()
+    finally:
+        spool.close()
+    age = status.oldest_age_seconds
+    return {
+        "spool_depth": f"{status.depth} unsent ({status.bytes} bytes, cap {settings.spool_max_bytes})",
+        "oldest_unsent": "-" if age is None else f"{age:.0f} s ago",
+        "sent": status.sent,
+        "evicted": status.evicted,
+        "quarantined": status.quarantined,
+        "last_error": status.last_error or "none",
+    }
+
+
 def cmd_choice(args: argparse.Namespace) -> int:
     settings = _settings(args)
     choice = "enabled" if args.command == "enable" else "disabled"
@@ -66,7 +89,39 @@ def cmd_choice(args: argparse.Namespace) -> int:
         return 1
     decision = _gates.decide(None, settings.opt_out_env, settings.home)
     print(f"telemetry {choice} for {settings.app} (saved in {path}); now {decision}")
+    if choice == "disabled":
+        from otel_spawn._spool import SPOOL_DB, SqliteSpool
+
+        if (settings.home / SPOOL_DB).exists():
+            spool = SqliteSpool(settings.home)
+            print(f"deleted {spool.clear()} unsent event(s)")
+            spool.close()
     return 0
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    from otel_spawn._flush import flush
+    from otel_spawn._spool import SPOOL_DB
+
+    settings = _settings(args)
+    if not (settings.home / SPOOL_DB).exists():
+        if not args.background:
+            print("nothing to flush")
+        return 0
+
+    def progress(line: str) -> None:
+        if not args.background:
+            print(f"flush: {line}", file=sys.stderr)
+
+    result = flush(
+        settings, max_seconds=args.max_seconds, progress=progress, wait_for_other=not args.background
+    )
+    if not args.background:
+        print(
+            f"sent {result.sent} event(s), {result.remaining} left"
+            + (f" ({result.error})" if result.error else "")
+        )
+    return 0 if result.remaining == 0 else 1
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:
@@ -110,13 +165,59 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_funnel(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from otel_spawn import _report
+
+    settings = _settings(args)
+    progress = _report.Progress(sys.stderr)
+    problems = _report.Problems()
+    if args.events:
+        try:
+            events = _report.read_events_file(args.events, problems=problems, progress=progress)
+        except OSError as exc:
+            print(f"otel-spawn: cannot read {args.events}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    else:
+        from otel_spawn._local import LOCAL_DB, LocalStore
+
+        if not (settings.home / LOCAL_DB).exists():
+            print(f"no local events yet in {settings.home}", file=sys.stderr)
+            return 0
+        events = _report.counted(LocalStore(settings.home).events(), progress)
+    report = _report.funnel_report(
+        events,
+        steps=[s.strip() for s in args.steps.split(",") if s.strip()] if args.steps is not None else None,
+        window_days=args.window_days,
+        breakdown=args.breakdown,
+        prefix=settings.event_prefix if args.prefix is None else args.prefix,
+        by=args.by,
+    )
+    progress.finish()
+    for line in problems.lines(args.events or ""):
+        print(line, file=sys.stderr)
+    if args.html:
+        try:
+            Path(args.html).write_text(_report.render_html(report), encoding="utf-8")
+        except OSError as exc:
+            print(f"otel-spawn: cannot write {args.html}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.html}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(_report.render_json(report), indent=2))
+    else:
+        print(_report.render_text(report), end="")
+    return 0
+
+
 def cmd_demo_launch(args: argparse.Namespace) -> int:
     import otel_spawn
+    from otel_spawn.demo import SPEC_PATH, orchestrate
     from otel_spawn.demo.cloud import SpawnError
-    from otel_spawn.demo.orchestrate import launch
 
-    try:
-        otel_spawn.configure(app=DEMO_APP, app_version=otel_spawn.__version__)
+    try:  # the demo's business code imports nothing from otel-spawn: the spec instruments it
+        otel_spawn.configure(app=DEMO_APP, app_version=otel_spawn.__version__, funnel_spec=SPEC_PATH)
     except ConfigError as exc:
         print(f"spawn: telemetry off: {exc}", file=sys.stderr)
     delays = {}
@@ -124,7 +225,7 @@ def cmd_demo_launch(args: argparse.Namespace) -> int:
         step, _, seconds = item.partition("=")
         delays[step] = float(seconds)
     try:
-        vm = launch(
+        vm = orchestrate.launch(
             agent=args.agent,
             cloud_name=args.cloud,
             name=args.name,
@@ -171,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("enable", "turn telemetry on"), ("disable", "turn telemetry off (persisted)")):
         with_app(sub.add_parser(name, help=text)).set_defaults(func=cmd_choice)
 
+    flush = with_app(sub.add_parser("flush", help="send the spooled events now"))
+    flush.add_argument("--max-seconds", type=float, default=60.0, help="give up after this long (default 60)")
+    flush.add_argument(
+        "--background", action="store_true", help="quiet; leave at once if another flush runs (used at exit)"
+    )
+    flush.set_defaults(func=cmd_flush)
+
     scrub = sub.add_parser("scrub", help="scrub secrets and personal data from stdin")
     scrub.add_argument("--whole", action="store_true", help="scrub all of stdin as one text (PEM blocks)")
     scrub.add_argument("--explain", action="store_true", help="list which rules fired where, on stderr")
@@ -180,6 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, default=50)
     events.add_argument("--json", action="store_true")
     events.set_defaults(func=cmd_events)
+
+    funnel = with_app(sub.add_parser("funnel", help="funnel report of the local events or a PostHog export"))
+    funnel.add_argument("--events", metavar="FILE", help="PostHog events as JSON lines (default: local sink)")
+    funnel.add_argument("--steps", metavar="E1,E2", help="ordered steps (default: funnel_* events seen)")
+    funnel.add_argument("--window-days", type=float, default=14.0, metavar="DAYS", help="window (14)")
+    funnel.add_argument("--breakdown", metavar="PROPERTY", help="split by agent, cloud, source, ref, ...")
+    funnel.add_argument(
+        "--by", default="distinct_id", metavar="KEY", help="distinct_id (persons) or funnel_id (runs)"
+    )
+    funnel.add_argument("--prefix", help="prefix of step events (default: the configured event_prefix)")
+    funnel.add_argument("--json", action="store_true", help="machine-readable (schema otel-spawn.funnel/1)")
+    funnel.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with charts")
+    funnel.set_defaults(func=cmd_funnel)
 
     demo = sub.add_parser("demo", help="the bundled, simulated spawn CLI").add_subparsers(
         dest="demo", required=True
@@ -204,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"otel-spawn: configuration error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `otel-spawn events | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 

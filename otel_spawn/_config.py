@@ -21,6 +21,7 @@ else:  # pragma: no cover
 
 EXPORTERS = ("posthog", "otlp", "console", "local", "none")
 DEFAULT_EXPORTERS = ("local",)
+DEFAULT_SPOOL_BYTES = 10 * 1024 * 1024
 _TOP_KEYS = {
     "app",
     "app_version",
@@ -30,6 +31,7 @@ _TOP_KEYS = {
     "service_name",
     "home",
     "opt_out_env",
+    "spool_max_bytes",
     "posthog",
     "scrub",
     "funnel",
@@ -78,6 +80,7 @@ class Settings:
     service_name: str
     home: Path
     opt_out_env: str
+    spool_max_bytes: int
     posthog: PostHogOptions
     scrub: ScrubOptions
     config_file: Path | None = None
@@ -186,6 +189,16 @@ def scrub_options_from_file(table: Mapping[str, Any], origin: str) -> ScrubOptio
     )
 
 
+def _positive_int(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0:
+        raise ConfigError(f"spool_max_bytes must be a positive whole number of bytes, got {value!r}")
+    return number
+
+
 def resolve(
     explicit: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
@@ -245,6 +258,7 @@ def resolve(
         service_name=str(pick("service_name", c.ENV_SERVICE_NAME, app)),
         home=Path(home).expanduser() if home else default_home(app),
         opt_out_env=str(pick("opt_out_env", None, opt_out_variable(app))),
+        spool_max_bytes=_positive_int(pick("spool_max_bytes", c.ENV_SPOOL_MAX_BYTES, DEFAULT_SPOOL_BYTES)),
         posthog=posthog,
         scrub=scrub,
         config_file=config_path,

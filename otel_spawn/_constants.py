@@ -19,6 +19,7 @@ ATTR_SCRUBBED = "otel_spawn.scrubbed"
 KIND_FUNNEL = "funnel"
 KIND_STEP = "step"
 KIND_EVENT = "event"
+KIND_ERROR = "error"  # an uncaught exception reported by the opt-in hooks
 
 # --- environment variables ---------------------------------------------------------------------
 ENV_TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
@@ -33,6 +34,8 @@ ENV_CONFIG = "OTEL_SPAWN_CONFIG"
 ENV_SOURCE = "OTEL_SPAWN_SOURCE"
 ENV_EVENT_PREFIX = "OTEL_SPAWN_EVENT_PREFIX"
 ENV_ENABLE_IN_TESTS = "OTEL_SPAWN_ENABLE_IN_TESTS"
+ENV_SPOOL_MAX_BYTES = "OTEL_SPAWN_SPOOL_MAX_BYTES"
+ENV_FLUSHER_SECONDS = "OTEL_SPAWN_FLUSHER_SECONDS"
 
 CONFIG_FILE = "otel-spawn.toml"
 PYPROJECT_TABLE = "otel-spawn"  # [tool.otel-spawn]

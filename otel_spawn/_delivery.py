@@ -11,7 +11,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +26,7 @@ class Outbox(Protocol):
     def release(self, events: Sequence[Event]) -> None: ...  # not delivered: offer again later
     def quarantine(self, events: Sequence[Event], reason: str) -> None: ...  # refused by the server
     def depth(self) -> int: ...
+    def note_error(self, message: str) -> None: ...  # the last delivery error, for `otel-spawn status`
 
 
 @dataclass
@@ -72,6 +73,9 @@ class MemoryOutbox:
     def depth(self) -> int:
         return len(self._queue)
 
+    def note_error(self, message: str) -> None:
+        self.stats.last_error = message
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -103,6 +107,7 @@ class Sender:
         self._thread: threading.Thread | None = None
         self._attempt = 0
         self._not_before = 0.0
+        self._in_flight: list[Event] = []
 
     def notify(self) -> None:
         """Events are waiting: start the thread if needed and wake it."""
@@ -112,13 +117,15 @@ class Sender:
         self._wake.set()
 
     def _run(self) -> None:
+        idle = False
         while not self._stop.is_set():
-            self._wake.wait(max(self.interval, self._not_before - time.monotonic()))
+            self._wake.wait(None if idle else max(self.interval, self._not_before - time.monotonic()))
             self._wake.clear()
             try:
-                self.drain(deadline=None)
+                idle = self.drain(deadline=None) or self.stats.auth_failed
             except Exception as exc:  # never let the thread die silently
                 warn_once("sender", "otel-spawn: sender error: %s: %s", type(exc).__name__, exc)
+        self.client.close()
 
     def drain(self, deadline: float | None) -> bool:
         """Send until the outbox is empty, the server says wait, or the deadline passes. True if empty."""
@@ -140,13 +147,18 @@ class Sender:
 
     def _deliver(self, batch: list[Event], deadline: float | None) -> bool:
         timeout = None if deadline is None else max(0.01, deadline - time.monotonic())
-        outcome = self.client.send(batch, timeout=timeout)
+        self._in_flight = batch
+        try:
+            outcome = self.client.send(batch, timeout=timeout)
+        finally:
+            self._in_flight = []
         if outcome.verdict is Verdict.OK:
             self.outbox.ack(batch)
             self.stats.sent += len(batch)
             self._attempt = 0
             return True
         self.stats.last_error = _describe(outcome)
+        self.outbox.note_error(self.stats.last_error)
         if outcome.verdict is Verdict.RETRY:
             self.outbox.release(batch)
             self.stats.retries += 1
@@ -171,16 +183,41 @@ class Sender:
         logger.warning("otel-spawn: PostHog refused %d event(s): %s", len(batch), _describe(outcome))
         return True
 
-    def shutdown(self, timeout: float) -> None:
-        """Deliver what is waiting within `timeout` seconds, then stop. Idempotent."""
+    def retry_in(self) -> float:
+        """Seconds until the server lets us try again (0 if now)."""
+        return max(0.0, self._not_before - time.monotonic())
+
+    def flush(self, deadline: float, progress: Callable[[str], None] | None = None) -> bool:
+        """Drain, waiting out backoff, until the outbox is empty (True) or the deadline passes."""
+        while not self.drain(deadline):
+            if progress is not None:
+                progress(f"sent {self.stats.sent}, {self.outbox.depth()} left ({self.stats.last_error})")
+            wait = max(0.01, self.retry_in())
+            if self.stats.auth_failed or time.monotonic() + wait >= deadline:
+                return False
+            time.sleep(wait)
+        return True
+
+    def shutdown(self, timeout: float) -> bool:
+        """Give the sender thread `timeout` seconds to finish, then stop. True if it finished. Idempotent.
+
+        No request is started with a shortened timeout here: a healthy server that answers late
+        would store a batch we then count as failed and resend (a duplicate). What is left stays in
+        the outbox for a later sender.
+        """
         if self._stop.is_set():
-            return
-        self.drain(deadline=time.monotonic() + timeout)
+            return False
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=0.05)
-        self.client.close()
+        if self._thread is None:
+            self.client.close()
+            return True
+        self._thread.join(timeout)
+        if self._thread.is_alive() and self._in_flight and self.client.abandon():
+            self.outbox.release(self._in_flight)  # it never reached the server, and now never will
+        elif self._thread.is_alive():  # written, waiting for the answer: a little longer saves a resend
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
 
 def _describe(outcome: Outcome) -> str:

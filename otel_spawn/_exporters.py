@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 from otel_spawn._delivery import Outbox, Sender
 from otel_spawn._guard import guarded
@@ -15,20 +15,38 @@ from otel_spawn._posthog import Event
 from otel_spawn._translate import EventContext, translate
 
 
+class ExportOnEnd(SimpleSpanProcessor):
+    """SimpleSpanProcessor whose force_flush reaches the exporter (the SDK's returns True at once)."""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.span_exporter.force_flush(timeout_millis)
+
+
 def translate_all(spans: Sequence[ReadableSpan], ctx: EventContext) -> list[Event]:
     return [event for span in spans for event in translate(span, ctx)]
 
 
 class PostHogSpanExporter(SpanExporter):
-    """Translates finished spans into PostHog events and hands them to the outbox; a sender delivers."""
+    """Translates finished spans into PostHog events and hands them to the outbox; a sender delivers.
+
+    `export` runs on the host's thread and only writes to the outbox. At shutdown the sender gets
+    `exit_timeout` seconds; then `after_shutdown` runs (the spool hands leftovers to a background flusher).
+    """
 
     def __init__(
-        self, *, context: EventContext, outbox: Outbox, sender: Sender, exit_timeout: float = 2.0
+        self,
+        *,
+        context: EventContext,
+        outbox: Outbox,
+        sender: Sender,
+        exit_timeout: float = 0.05,
+        after_shutdown: Callable[[], None] | None = None,
     ) -> None:
         self.context = context
         self.outbox = outbox
         self.sender = sender
         self.exit_timeout = exit_timeout
+        self.after_shutdown = after_shutdown
 
     @guarded("posthog exporter", SpanExportResult.FAILURE)
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -41,10 +59,12 @@ class PostHogSpanExporter(SpanExporter):
     @guarded("posthog exporter shutdown", None)
     def shutdown(self) -> None:
         self.sender.shutdown(self.exit_timeout)
+        if self.after_shutdown is not None:
+            self.after_shutdown()
 
     @guarded("posthog exporter flush", False)
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self.sender.drain(deadline=time.monotonic() + timeout_millis / 1000)
+        return self.sender.flush(time.monotonic() + timeout_millis / 1000)
 
 
 class LocalSpanExporter(SpanExporter):

@@ -14,7 +14,7 @@ import inspect
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -42,7 +42,7 @@ def use_tracer_provider(provider: trace.TracerProvider | None) -> None:
     _tracer_obj = trace.get_tracer(_TRACER_NAME, __version__, tracer_provider=provider)
 
 
-def _tracer() -> trace.Tracer:
+def tracer() -> trace.Tracer:
     return _tracer_obj
 
 
@@ -70,6 +70,19 @@ class FunnelState:
             span.set_attribute(c.CONTEXT_PREFIX + key, value)
 
 
+_REPORTED = "__otel_spawn_reported__"
+
+
+def mark_reported(exc: BaseException) -> None:
+    """Remember that `exc` was recorded on a step or funnel span (so hooks do not report it again)."""
+    with suppress(AttributeError, TypeError):
+        setattr(exc, _REPORTED, True)
+
+
+def was_reported(exc: BaseException) -> bool:
+    return bool(getattr(exc, _REPORTED, False))
+
+
 def current_funnel() -> FunnelState | None:
     """The funnel this code runs in, if any."""
     state = otel_context.get_value(_FUNNEL_KEY)
@@ -88,7 +101,7 @@ def _attribute(key: str, value: object) -> AttributeValue | None:
 def _event_span(kind: str, name: str, state: FunnelState, properties: Mapping[str, object]) -> None:
     """A zero-length marker span: delivered the moment it happens, not when its parent ends."""
     now = time.time_ns()
-    span = _tracer().start_span(name, start_time=now, attributes={c.ATTR_KIND: kind, c.ATTR_STEP: name})
+    span = tracer().start_span(name, start_time=now, attributes={c.ATTR_KIND: kind, c.ATTR_STEP: name})
     for key, value in properties.items():
         attr = _attribute(key, value)
         if attr is not None:
@@ -113,7 +126,7 @@ def funnel(name: str, /, **context: object) -> Iterator[Span]:
         yield trace.get_current_span()
         return
     start = time.time_ns()
-    span = _tracer().start_span(name, start_time=start, attributes={c.ATTR_KIND: c.KIND_FUNNEL})
+    span = tracer().start_span(name, start_time=start, attributes={c.ATTR_KIND: c.KIND_FUNNEL})
     state = FunnelState(name=name, start_ns=start, root=span)
     for key, value in context.items():
         attr = _attribute(key, value)
@@ -152,6 +165,7 @@ def _finish_funnel(state: FunnelState, exc: BaseException | None) -> None:
         span.set_attribute(c.ATTR_FAILED_STEP, state.failed_step or "")
         if state.failed_step is None:  # raised outside any step: the funnel span reports it
             span.record_exception(exc)
+        mark_reported(exc)
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
     span.set_attribute(c.ATTR_OUTCOME, outcome)
     state.stamp(span)
@@ -200,7 +214,7 @@ class step:
                 if attr is not None:
                     attributes[c.PROPERTY_PREFIX + key] = attr
             state.active_steps.append(self.name)
-        span = _tracer().start_span(self.name, attributes=attributes)
+        span = tracer().start_span(self.name, attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
         self._stack.append((span, token, state))
         return span
@@ -221,6 +235,8 @@ class step:
             state.stamp(span)
         if exc is not None and isinstance(exc, Exception):
             span.record_exception(exc)
+            if state is not None:  # the step's `$exception` reports it
+                mark_reported(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.set_attribute(c.ATTR_OUTCOME, "completed" if exc is None else type(exc).__name__)
         span.end()
@@ -271,17 +287,17 @@ def child_environment() -> dict[str, str]:
 
     carrier: dict[str, str] = {}
     TraceContextTextMapPropagator().inject(carrier)
+    if "traceparent" not in carrier:  # telemetry off (no valid span): a child could not continue it anyway
+        return {}
     entries = {_BAGGAGE_FUNNEL: state.name, _BAGGAGE_START: str(state.start_ns)}
     if state.last_completed is not None:
         entries[_BAGGAGE_LAST] = state.last_completed
     for key, value in state.context.items():
         entries[_BAGGAGE_CONTEXT + key] = json.dumps(value)
     baggage = ",".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in entries.items())
-    env = {"BAGGAGE": baggage}
-    if "traceparent" in carrier:
-        env["TRACEPARENT"] = carrier["traceparent"]
-        if carrier.get("tracestate"):
-            env["TRACESTATE"] = carrier["tracestate"]
+    env = {"BAGGAGE": baggage, "TRACEPARENT": carrier["traceparent"]}
+    if carrier.get("tracestate"):
+        env["TRACESTATE"] = carrier["tracestate"]
     return env
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -88,6 +89,22 @@ class PostHogClient:
         self.api_key = api_key
         self._client = client or httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
         self._owns_client = client is None
+        self._request_started = False  # has any byte of the current request been written?
+        self._abandoned = False
+        self._lock = threading.Lock()
+
+    def _trace(self, name: str, info: dict[str, Any]) -> None:
+        if ".send_request_headers.started" in name:
+            with self._lock:
+                if self._abandoned:
+                    raise httpx.TransportError("abandoned at exit before sending")
+                self._request_started = True
+
+    def abandon(self) -> bool:
+        """Forbid the current request from starting; True if no byte of it was written (safe to resend)."""
+        with self._lock:
+            self._abandoned = True
+            return not self._request_started
 
     def send(self, events: Sequence[Event], timeout: float | None = None) -> Outcome:
         """POST one batch; `timeout` (seconds) caps this request, else the client's timeout applies."""
@@ -97,12 +114,14 @@ class PostHogClient:
             "Content-Encoding": "gzip",
             "User-Agent": f"otel-spawn/{__version__}",
         }
+        self._request_started = False
         try:
             response = self._client.post(
                 self.url,
                 content=body,
                 headers=headers,
                 timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else httpx.Timeout(timeout),
+                extensions={"trace": self._trace},
             )
         except httpx.HTTPError as exc:
             return Outcome(Verdict.RETRY, None, None, f"{type(exc).__name__}: {exc}")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import platform
+import sqlite3
 import sys
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,19 +20,23 @@ import httpx
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from otel_spawn import _config, _gates, _state
 from otel_spawn._children import install_child_propagation
-from otel_spawn._delivery import DeliveryStats, MemoryOutbox, Sender
+from otel_spawn._delivery import DeliveryStats, Sender
 from otel_spawn._errors import ConfigError
-from otel_spawn._exporters import LocalSpanExporter, PostHogSpanExporter
+from otel_spawn._exporters import ExportOnEnd, LocalSpanExporter, PostHogSpanExporter
+from otel_spawn._flush import spawn_flusher
 from otel_spawn._funnel import inherit_funnel, use_tracer_provider
+from otel_spawn._guard import guarded, under_pytest, warn_once
+from otel_spawn._hooks import install_exception_hooks
 from otel_spawn._local import LocalStore
 from otel_spawn._posthog import PostHogClient
 from otel_spawn._scrub_processor import ScrubbingSpanProcessor
 from otel_spawn._scrubber import Scrubber, ScrubOptions, default_scrubber
 from otel_spawn._spec import instrument_spec, load_spec
+from otel_spawn._spool import SqliteSpool
 from otel_spawn._translate import EventContext
 from otel_spawn._version import __version__
 
@@ -122,8 +128,13 @@ def _otlp_exporter() -> Any:
 
 
 def _show_notice(settings: _config.Settings) -> None:
-    if not _REMOTE & set(settings.exporters) or not _state.claim_notice(settings.home):
+    if not _REMOTE & set(settings.exporters):
         return
+    try:
+        if not _state.claim_notice(settings.home):
+            return
+    except OSError:
+        pass  # cannot remember that it was shown: show it again rather than never
     print(
         f"{settings.app}: sends anonymous usage telemetry (which steps ran, how long they took, OS, "
         f"versions); secrets and personal data are scrubbed first. Opt out: {settings.opt_out_env}=0, "
@@ -138,14 +149,26 @@ def posthog_exporter(
     http_client: httpx.Client | None = None,
     stats: DeliveryStats | None = None,
 ) -> PostHogSpanExporter:
-    """The PostHog exporter with its outbox and background sender."""
-    assert settings.posthog.api_key is not None  # checked by _config.resolve
-    client = PostHogClient(host=settings.posthog.host, api_key=settings.posthog.api_key, client=http_client)
+    """The PostHog exporter: events go to the durable spool; a background sender delivers them."""
+    key = settings.posthog.api_key
+    assert key is not None  # checked by _config.resolve
+    client = PostHogClient(host=settings.posthog.host, api_key=key, client=http_client)
     stats = stats or DeliveryStats()
-    outbox = MemoryOutbox(stats=stats)
-    return PostHogSpanExporter(
-        context=context, outbox=outbox, sender=Sender(outbox=outbox, client=client, stats=stats)
-    )
+    spool = SqliteSpool(settings.home, max_bytes=settings.spool_max_bytes)
+    spool.set_destination(settings.posthog.host, key)
+    sender = Sender(outbox=spool, client=client, stats=stats)
+
+    @guarded("posthog exit", None)
+    def after_shutdown() -> None:
+        # A batch still in flight keeps its claim: if the server got it, resending now would
+        # duplicate it; if not, another sender takes it over when the lease expires.
+        if not spool.degraded and not stats.auth_failed and not under_pytest() and spool.depth():
+            spawn_flusher(settings)
+        spool.close()
+
+    if spool.depth():  # left over by an earlier run: send them too
+        sender.notify()
+    return PostHogSpanExporter(context=context, outbox=spool, sender=sender, after_shutdown=after_shutdown)
 
 
 def _processors(
@@ -155,15 +178,21 @@ def _processors(
     out: list[SpanProcessor] = []
     for name in settings.exporters:
         if name == "local":
-            store = LocalStore(settings.home)
-            out.append(SimpleSpanProcessor(LocalSpanExporter(context=context, store=store)))
+            try:
+                store = LocalStore(settings.home)
+            except (OSError, sqlite3.Error) as exc:
+                warn_once(
+                    "local", "otel-spawn: local sink unavailable in %s (%s); skipped", settings.home, exc
+                )
+                continue
+            out.append(ExportOnEnd(LocalSpanExporter(context=context, store=store)))
         elif name == "posthog":
             exporter = posthog_exporter(settings, context, http_client, telemetry.delivery)
-            out.append(SimpleSpanProcessor(exporter))
+            out.append(ExportOnEnd(exporter))
         elif name == "otlp":
             out.append(BatchSpanProcessor(_otlp_exporter()))
         elif name == "console":
-            out.append(SimpleSpanProcessor(ConsoleSpanExporter()))
+            out.append(ExportOnEnd(ConsoleSpanExporter()))
     return out
 
 
@@ -179,6 +208,7 @@ def configure(
     scrub: ScrubOptions | None = None,
     home: str | Path | None = None,
     funnel_spec: str | Path | dict[str, Any] | None = None,
+    capture_exceptions: bool = False,
     http_client: httpx.Client | None = None,
 ) -> Telemetry:
     """Set up otel-spawn for this process; call once, early. Raises ConfigError on bad settings.
@@ -186,6 +216,7 @@ def configure(
     Each argument overrides its environment variable, which overrides the config file
     (otel-spawn.toml, [tool.otel-spawn] in pyproject.toml, or OTEL_SPAWN_CONFIG). `funnel_spec` is a
     declarative funnel (a [funnel] table, or a TOML file holding one) to auto-instrument.
+    `capture_exceptions` also reports uncaught exceptions (sys.excepthook, threading.excepthook).
     """
     global _active
     explicit = {
@@ -210,7 +241,16 @@ def configure(
         use_tracer_provider(trace.NoOpTracerProvider())
         return telemetry
 
-    telemetry.distinct_id = _state.distinct_id(settings.home)
+    try:
+        telemetry.distinct_id = _state.distinct_id(settings.home)
+    except OSError as exc:
+        warn_once(
+            "state",
+            "otel-spawn: state directory %s unusable (%s); anonymous id for this run only",
+            settings.home,
+            exc,
+        )
+        telemetry.distinct_id = str(uuid.uuid4())
     _show_notice(settings)
     context = EventContext(
         distinct_id=telemetry.distinct_id, prefix=settings.event_prefix, static=static_properties(settings)
@@ -230,6 +270,8 @@ def configure(
     install_child_propagation()  # ... and hands it on to its own children
     if spec is not None:
         instrument_spec(spec)
+    if capture_exceptions:
+        install_exception_hooks()
     return telemetry
 
 

@@ -101,17 +101,24 @@ def translate(span: ReadableSpan, ctx: EventContext) -> list[Event]:
     attrs = span.attributes or {}
     kind = attrs.get(c.ATTR_KIND)
     start_ns = attrs.get(c.ATTR_FUNNEL_START)
-    if kind is None or not isinstance(start_ns, int) or span.context is None or span.end_time is None:
+    in_funnel = isinstance(start_ns, int)
+    if (
+        kind is None
+        or span.context is None
+        or span.end_time is None
+        or not (in_funnel or kind == c.KIND_ERROR)
+    ):
         return []
     end = span.end_time
     common: dict[str, Any] = {
         **ctx.static,
         **_strip(attrs, c.CONTEXT_PREFIX),
         "funnel": attrs.get(c.ATTR_FUNNEL),
-        "funnel_id": f"{span.context.trace_id:032x}",
+        "funnel_id": f"{span.context.trace_id:032x}" if in_funnel else None,
         "trace_id": f"{span.context.trace_id:032x}",
-        "elapsed_ms": max(0, _ms(end - start_ns)),
     }
+    if isinstance(start_ns, int):
+        common["elapsed_ms"] = max(0, _ms(end - start_ns))
     if isinstance(attrs.get(c.ATTR_SOURCE), str):
         common["source"] = attrs[c.ATTR_SOURCE]
     last = attrs.get(c.ATTR_LAST_STEP)
@@ -128,6 +135,8 @@ def translate(span: ReadableSpan, ctx: EventContext) -> list[Event]:
             out.append((f"{ctx.prefix}{step}", {**props, **_strip(attrs, c.PROPERTY_PREFIX)}))
         elif exc is not None:
             out.append(("$exception", {"step": step, **_exception_props(exc)}))
+    elif kind == c.KIND_ERROR and (exc := _exception_event(span)) is not None:
+        out.append(("$exception", _exception_props(exc)))
     elif kind == c.KIND_FUNNEL and outcome == "failed":
         exc = _exception_event(span)
         if exc is not None:  # raised outside any step

@@ -1,0 +1,329 @@
+"""The durable spool: product events in SQLite from the moment their step completes until PostHog acks them.
+
+Several processes of one app share the spool. A sender *claims* a batch (a lease of LEASE_SECONDS)
+so no two processes send the same events at once; it deletes only what PostHog acknowledged. A
+process that dies mid-send leaves its claim to expire and the events are sent again, with the same
+uuid and timestamp, which PostHog deduplicates. The file is 0600 in the 0700 state directory, and
+what is in it was scrubbed before it was written.
+
+Disk trouble never reaches the host: a corrupt file is moved aside and recreated; a read-only or
+full disk turns the spool into an in-memory outbox for the rest of the process, with one warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from otel_spawn._config import DEFAULT_SPOOL_BYTES
+from otel_spawn._delivery import MemoryOutbox
+from otel_spawn._guard import warn_once
+from otel_spawn._posthog import Event
+from otel_spawn._state import ensure_home
+
+SPOOL_DB = "spool.sqlite3"
+LEASE_SECONDS = 30.0
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    claimed_by TEXT,
+    claimed_until REAL
+);
+CREATE TABLE IF NOT EXISTS quarantine (uuid TEXT PRIMARY KEY, body TEXT NOT NULL, reason TEXT, at REAL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+INSERT OR IGNORE INTO counters VALUES ('bytes', 0), ('sent', 0), ('evicted', 0), ('quarantined', 0);
+"""
+
+
+@dataclass(frozen=True)
+class SpoolStatus:
+    depth: int
+    bytes: int
+    oldest_age_seconds: float | None
+    sent: int
+    evicted: int
+    quarantined: int
+    last_error: str | None
+    last_error_at: float | None
+
+
+class SqliteSpool:
+    """A durable, multi-process `Outbox`; falls back to memory when the disk fails."""
+
+    durable = True
+
+    def __init__(
+        self, home: Path, *, max_bytes: int = DEFAULT_SPOOL_BYTES, lease: float = LEASE_SECONDS
+    ) -> None:
+        self.path = home / SPOOL_DB
+        self.max_bytes = max_bytes
+        self.lease = lease
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._lock = threading.Lock()
+        self._memory = MemoryOutbox()
+        self._db: sqlite3.Connection | None = None
+        try:
+            self._db = _open(home, self.path)
+        except (sqlite3.Error, OSError) as exc:
+            self._degrade("open", exc)
+
+    @property
+    def degraded(self) -> bool:
+        """True when events are kept in memory only (the disk failed)."""
+        return self._db is None
+
+    # --- the Outbox protocol -----------------------------------------------------------------
+
+    def put(self, events: Sequence[Event]) -> None:
+        rows = [(e["uuid"], body, len(body), time.time()) for e in events for body in [json.dumps(e)]]
+        try:
+            with self._transaction() as db:
+                added = 0
+                for row in rows:
+                    insert = "INSERT OR IGNORE INTO events (uuid, body, size, created) VALUES (?, ?, ?, ?)"
+                    if db.execute(insert, row).rowcount:  # a re-exported event is stored once
+                        added += row[2]
+                if added:
+                    db.execute("UPDATE counters SET value = value + ? WHERE name = 'bytes'", (added,))
+                    self._evict(db)
+        except _Degraded:
+            self._memory.put(events)
+        except sqlite3.Error as exc:
+            self._degrade("write", exc)
+            self._memory.put(events)
+
+    def take(self, limit: int) -> list[Event]:
+        taken = self._memory.take(limit)
+        if len(taken) >= limit:
+            return taken
+        now = time.time()
+        try:
+            with self._transaction() as db:
+                rows = db.execute(
+                    "SELECT id, body FROM events WHERE claimed_until IS NULL OR claimed_until < ? "
+                    "ORDER BY id LIMIT ?",
+                    (now, limit - len(taken)),
+                ).fetchall()
+                db.executemany(
+                    "UPDATE events SET claimed_by = ?, claimed_until = ? WHERE id = ?",
+                    [(self.owner, now + self.lease, row[0]) for row in rows],
+                )
+        except (_Degraded, sqlite3.Error):
+            return taken
+        return taken + [json.loads(body) for _, body in rows]
+
+    def ack(self, events: Sequence[Event]) -> None:
+        self._settle(events, "sent")
+
+    def release(self, events: Sequence[Event]) -> None:
+        with contextlib.suppress(_Degraded, sqlite3.Error), self._transaction() as db:
+            db.executemany(
+                "UPDATE events SET claimed_by = NULL, claimed_until = NULL WHERE uuid = ? AND claimed_by = ?",
+                [(e["uuid"], self.owner) for e in events],
+            )
+        spooled = self._uuids_in_db(events)
+        self._memory.release([e for e in events if e["uuid"] not in spooled])
+
+    def quarantine(self, events: Sequence[Event], reason: str) -> None:
+        with contextlib.suppress(_Degraded, sqlite3.Error), self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)",
+                [(e["uuid"], json.dumps(e), reason, time.time()) for e in events],
+            )
+        self._settle(events, "quarantined")
+        self.note_error(reason)
+
+    def depth(self) -> int:
+        try:
+            with self._read() as db:
+                return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0]) + self._memory.depth()
+        except (_Degraded, sqlite3.Error):
+            return self._memory.depth()
+
+    # --- bookkeeping -----------------------------------------------------------------------------
+
+    def destination(self) -> tuple[str, str] | None:
+        """The PostHog host and project key the spooled events are for (so a flusher needs no config)."""
+        try:
+            with self._read() as db:
+                meta = dict(
+                    db.execute("SELECT key, value FROM meta WHERE key IN ('host', 'api_key')").fetchall()
+                )
+        except (_Degraded, sqlite3.Error):
+            return None
+        return (meta["host"], meta["api_key"]) if "host" in meta and "api_key" in meta else None
+
+    def set_destination(self, host: str, api_key: str) -> None:
+        if self.destination() == (host, api_key):
+            return
+        with contextlib.suppress(_Degraded, sqlite3.Error), self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", [("host", host), ("api_key", api_key)]
+            )
+
+    def note_error(self, message: str) -> None:
+        with contextlib.suppress(_Degraded, sqlite3.Error), self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("last_error", message), ("last_error_at", str(time.time()))],
+            )
+
+    def clear(self) -> int:
+        """Delete every unsent event (opt-out); returns how many."""
+        dropped = self._memory.depth()
+        self._memory.take(dropped)
+        try:
+            with self._transaction() as db:
+                dropped += db.execute("DELETE FROM events").rowcount
+                db.execute("UPDATE counters SET value = 0 WHERE name = 'bytes'")
+        except (_Degraded, sqlite3.Error):
+            pass
+        return dropped
+
+    def status(self) -> SpoolStatus:
+        with self._read() as db:
+            depth, oldest = db.execute("SELECT COUNT(*), MIN(created) FROM events").fetchone()
+            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        return SpoolStatus(
+            depth=int(depth) + self._memory.depth(),
+            bytes=int(counters.get("bytes", 0)),
+            oldest_age_seconds=None if oldest is None else max(0.0, time.time() - float(oldest)),
+            sent=int(counters.get("sent", 0)),
+            evicted=int(counters.get("evicted", 0)) + self._memory.stats.evicted,
+            quarantined=int(counters.get("quarantined", 0)),
+            last_error=meta.get("last_error"),
+            last_error_at=float(meta["last_error_at"]) if meta.get("last_error_at") else None,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _settle(self, events: Sequence[Event], counter: str) -> None:
+        """Delete delivered (or quarantined) events and count them."""
+        try:
+            with self._transaction() as db:
+                uuids = [e["uuid"] for e in events]
+                where = f"uuid IN ({','.join('?' * len(uuids))})"
+                size = db.execute(
+                    f"SELECT COALESCE(SUM(size), 0) FROM events WHERE {where}", uuids
+                ).fetchone()[0]
+                db.execute(f"DELETE FROM events WHERE {where}", uuids)
+                db.execute("UPDATE counters SET value = value - ? WHERE name = 'bytes'", (size,))
+                db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (len(events), counter))
+        except (_Degraded, sqlite3.Error):
+            pass
+
+    def _evict(self, db: sqlite3.Connection) -> None:
+        """Oldest-first eviction down to the size cap; counted."""
+        total = int(db.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0])
+        evicted = freed = 0
+        while total - freed > self.max_bytes:
+            oldest = db.execute("SELECT id, size FROM events ORDER BY id LIMIT 64").fetchall()
+            if not oldest:
+                break
+            for row_id, size in oldest:
+                if total - freed <= self.max_bytes:
+                    break
+                db.execute("DELETE FROM events WHERE id = ?", (row_id,))
+                freed += size
+                evicted += 1
+        if not evicted:
+            return
+        db.execute("UPDATE counters SET value = value - ? WHERE name = 'bytes'", (freed,))
+        db.execute("UPDATE counters SET value = value + ? WHERE name = 'evicted'", (evicted,))
+
+    def _uuids_in_db(self, events: Sequence[Event]) -> set[str]:
+        try:
+            with self._read() as db:
+                marks = ",".join("?" * len(events))
+                rows = db.execute(
+                    f"SELECT uuid FROM events WHERE uuid IN ({marks})", [e["uuid"] for e in events]
+                )
+                return {row[0] for row in rows}
+        except (_Degraded, sqlite3.Error):
+            return set()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._db is None:
+                raise _Degraded
+            yield self._db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._db is None:
+                raise _Degraded
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _degrade(self, what: str, exc: BaseException) -> None:
+        warn_once(
+            "spool-degraded",
+            "otel-spawn: cannot %s the event spool %s (%s); keeping events in memory for this run",
+            what,
+            self.path,
+            exc,
+        )
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+        self._db = None
+
+
+class _Degraded(Exception):
+    """The spool is running from memory."""
+
+
+def _open(home: Path, path: Path) -> sqlite3.Connection:
+    """Open (creating 0600) the spool; a corrupt file is moved aside and recreated."""
+    ensure_home(home)
+    for attempt in range(2):
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            return db
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if attempt or ("not a database" not in str(exc) and "malformed" not in str(exc)):
+                raise
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            os.replace(path, aside)
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(OSError):
+                    os.unlink(f"{path}{suffix}")
+            warn_once("spool-corrupt", "otel-spawn: the event spool was corrupt; moved it to %s", aside)
+    raise sqlite3.DatabaseError("unreachable")
