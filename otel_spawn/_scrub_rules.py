@@ -1,0 +1,614 @@
+"""The built-in detection rules of the scrubber, and the heuristics they share.
+
+A rule has a name (shown in `[REDACTED:<name>]` and in the `otel_spawn.scrubbed` counts), a trigger
+and a finder:
+
+- `trigger` is an RE2 pattern that matches somewhere in every text in which the finder can report
+  something (a superset). The engine runs the triggers at once in one RE2 `Set` pass (a DFA: linear
+  time) and calls only the finders whose trigger fired, so clean text costs one pass.
+- `find(text)` yields `(start, end)` spans of the sensitive part only (keys, header words and the
+  rest of a path stay). Finders use Python `re` with linear-time patterns: every repeat is bounded,
+  a left boundary is a look-behind placed after a literal or first character (so `re` keeps its fast
+  scan and never restarts inside a run), and anything fuzzy is decided in Python.
+
+Rules are listed most specific first; where spans of several rules overlap the engine merges them
+and names the region after the first rule in this order.
+
+Left alone on purpose: `/root` (a role, not a person), `phc_` and `pk_` keys (public by design),
+UUIDs, hex digests, trace/span ids, versions, timestamps, loopback and unspecified addresses, and
+placeholders (`sk-or-v1-xxxx`, `<YOUR_KEY>`, `${TOKEN}`, `$TOKEN`, `changeme`, `****`).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import math
+import operator
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One detector: `find` may report spans only in texts where `trigger` (RE2) matches.
+
+    `min_length > 0` gives the trigger its own small DFA, run only on texts at least that long: a long
+    counted repeat (`[...]{40}`) would multiply the states of the shared one on adversarial text.
+    """
+
+    name: str
+    trigger: str
+    find: Callable[[str], Iterator[Span]]
+    min_length: int = 0
+
+
+# ------------------------------------------------------------------------------ value heuristics
+
+_PLACEHOLDER_MARKS = ("...", "…", "***", "###", "<", ">", "${", "{{")  # never in a token's alphabet
+# Stand-in words count in a short value, or anywhere at a word edge: a long random token contains
+# `your` or `xxxx` by chance now and then, `your-api-key-here` or `IOSFODNN7EXAMPLE` by design.
+_PLACEHOLDER_WORDS = (
+    "xxxx|example|your|placeholder|changeme|change_me|change-me|dummy|sample|redacted|insert|replace|fake"
+    "|123456|234567|345678|456789|abcdef|bcdefg|qwerty"
+)
+_PLACEHOLDER_WORD = re.compile(_PLACEHOLDER_WORDS)
+_PLACEHOLDER_EDGE = re.compile(f"(?<![a-z0-9])(?:{_PLACEHOLDER_WORDS})|(?:{_PLACEHOLDER_WORDS})(?![a-z0-9])")
+_TRIVIAL = frozenset((
+    "true", "false", "null", "none", "nil", "undefined", "yes", "no", "on", "off", "required",
+    "optional", "missing", "invalid", "expired", "empty", "set", "unset", "provided", "hidden",
+    "masked", "present", "absent", "n/a", "na",
+))  # fmt: skip
+_ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
+_SAME_CHAR_RUN = re.compile(r"(.)\1{7}")
+_CLASS_OF = {
+    c: "d" if chr(c).isdigit() else "u" if chr(c).isupper() else "l" if chr(c).islower() else "o"
+    for c in range(128)
+}
+
+
+def _classes(text: str) -> str:
+    """`text` with ASCII digits as `d`, upper-case letters `u`, lower-case letters `l`, the rest `o`."""
+    return text.translate(_CLASS_OF)
+
+
+def switch_ratio(text: str) -> float:
+    """Share of neighbouring characters that change class (digit / upper / lower / other).
+
+    Random tokens switch on about 60% of neighbours; identifiers, paths and words on under 40%.
+    """
+    classes = _classes(text)
+    return sum(map(operator.ne, classes, classes[1:])) / (len(text) - 1) if len(text) > 1 else 0.0
+
+
+def shannon_entropy(text: str) -> float:
+    """Bits per character of the character distribution of `text`."""
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in Counter(text).values()) if n else 0.0
+
+
+def is_placeholder(value: str) -> bool:
+    """True for stand-ins: `xxxx`, `your-key-here`, `${X}`, `$X`, `%X%`, `****`, `abcdef123456`."""
+    low = value.lower()
+    if any(mark in low for mark in _PLACEHOLDER_MARKS):
+        return True
+    if low.startswith("$") or (low.startswith("%") and low.endswith("%")):
+        return True
+    if len(set(low)) <= 4 or _SAME_CHAR_RUN.search(low) is not None:
+        return True
+    return (_PLACEHOLDER_WORD if len(low) <= 40 else _PLACEHOLDER_EDGE).search(low) is not None
+
+
+def is_trivial_value(value: str) -> bool:
+    """True for values that cannot be a credential: booleans, short numbers, env var names."""
+    v = value.strip()
+    if len(v) < 4 or v.lower() in _TRIVIAL or v.startswith("[REDACTED") or (v.isdigit() and len(v) < 8):
+        return True
+    return _ENV_NAME.fullmatch(v) is not None or is_placeholder(v)
+
+
+def looks_random(value: str, min_len: int = 12) -> bool:
+    """True when `value` looks machine-generated (a token), not a word, name, path or number."""
+    v = value.strip()
+    if len(v) < min_len or is_placeholder(v):
+        return False
+    classes = _classes(v)
+    if ("d" in classes) + ("u" in classes) + ("l" in classes) < 2 or ("d" not in classes and len(v) < 20):
+        return False
+    return switch_ratio(v) >= 0.35 and len(set(v)) >= 0.4 * min(len(v), 40)
+
+
+_HEX_OR_UUID = re.compile(r"[0-9a-fA-F-]+")
+_DIGEST_PREFIX = re.compile(r"(?i:sha-?(?:1|224|256|384|512)|md5)[-_]")
+_PUBLIC_PREFIXES = ("phc_", "pk_live_", "pk_test_")
+_LONG_SEGMENT = re.compile(r"[^/]{8,}")
+
+
+def _wordy(segment: str) -> bool:
+    """A path segment that is a word, an identifier or a hex id."""
+    return _HEX_OR_UUID.fullmatch(segment) is not None or switch_ratio(segment) < 0.35
+
+
+def is_random_blob(token: str) -> bool:
+    """True for a long unkeyed base64/base64url run of random data (not a path, id or digest)."""
+    body = token.rstrip("=")
+    if _DIGEST_PREFIX.match(body) or body.startswith(_PUBLIC_PREFIXES) or _HEX_OR_UUID.fullmatch(body):
+        return False
+    if len(body) > 4096:  # megabytes of one run: no path, no identifier; judge by variety only
+        return len(set(body)) >= 16
+    if "/" in body:  # judge a path by its non-word segments: `blob/<git sha>/x.py` is no blob
+        body = "".join(segment for segment in _LONG_SEGMENT.findall(body) if not _wordy(segment))
+        if len(body) < 32:
+            return False
+    if len(set(body)) <= 4 or _SAME_CHAR_RUN.search(body) is not None:
+        return False  # `xxxx...`, `AAAA...`: a stand-in (words are no sign: long random runs contain some)
+    return switch_ratio(body) >= 0.45 and shannon_entropy(body) >= 4.2
+
+
+# ------------------------------------------------------------------------------ secret-looking keys
+
+STRONG, WEAK, NOT_SECRET = 2, 1, 0
+_KEY_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+_STRONG_SUFFIXES = ("password", "passwd", "passphrase", "secret", "token", "credential", "credentials")
+_STRONG_WORDS = frozenset(("pass", "pwd", "jwt"))
+_WEAK_WORDS = frozenset(("auth", "authorization", "session", "sessionid", "sid", "cookie", "key", "pat"))
+_KEY_QUALIFIERS = frozenset((
+    "api", "access", "secret", "private", "auth", "client", "account", "master", "signing", "app",
+    "encryption", "license", "service", "deploy", "admin", "personal", "session", "storage",
+    "subscription", "webhook", "pass", "x",
+))  # fmt: skip
+
+
+def classify_key(key: str, extra: frozenset[str] = frozenset()) -> int:
+    """STRONG for `api_key`, `db.password`, `x-auth-token`, `_authToken`; WEAK for `*_key`; else 0."""
+    low = key.lower()
+    if low in extra or low.rsplit(".", 1)[-1] in extra:
+        return STRONG
+    words = [w.lower() for w in _KEY_WORDS.findall(key)]
+    if not words or low in ("pwd", "oldpwd"):  # the shell's working directories
+        return NOT_SECRET
+    last, prev = words[-1], words[-2] if len(words) > 1 else ""
+    if last in _STRONG_WORDS or last.endswith(_STRONG_SUFFIXES):
+        return STRONG
+    if last == "key":
+        return STRONG if prev in _KEY_QUALIFIERS else WEAK
+    if last.endswith("key") and last[:-3] in _KEY_QUALIFIERS:
+        return STRONG
+    return WEAK if last in _WEAK_WORDS else NOT_SECRET
+
+
+def keyed_value_is_secret(strength: int, value: str) -> bool:
+    """Under a STRONG key any non-trivial value is secret; under a WEAK one a random-looking one."""
+    if strength == STRONG:
+        return not is_trivial_value(value)
+    return strength == WEAK and looks_random(value)
+
+
+# ------------------------------------------------------------------------------ token formats
+
+
+def _left_ok(text: str, start: int) -> bool:
+    return start == 0 or not text[start - 1].isalnum()
+
+
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9_-]{1,4096}")
+
+
+def _run_end(text: str, pos: int, run: re.Pattern[str] = _TOKEN_RUN) -> int:
+    """Where the run of `run` characters going on at `pos` ends: a secret longer than its pattern's
+    bound is redacted whole, not cut at the bound."""
+    while (m := run.match(text, pos)) is not None:
+        pos = m.end()
+    return pos
+
+
+_T = "[A-Za-z0-9_-]"  # base64url token characters
+_A = "[A-Za-z0-9]"
+_MASKED_TAIL = re.compile(r"\.{2,3}|…")
+# (name, prefix, body): a token is prefix + body, not preceded by a letter or digit, and reported
+# unless its body is a placeholder. `sk-or-v1-0a9f3a...6835` (a masked key) goes with its tail.
+_TOKENS = (
+    ("anthropic_key", "sk-ant-", f"{_T}{{16,400}}"),
+    ("openrouter_key", "sk-or-v1-", f"{_A}{{8,128}}(?:(?:\\.{{2,3}}|…){_A}{{1,8}})?"),
+    ("github_token", "gh[pousr]_", f"{_A}{{20,255}}"),
+    ("github_token", "github_pat_", "[A-Za-z0-9_]{20,255}"),
+    ("gitlab_token", "gl(?:pat|oas|dt|rt|cbt|ptt|ft|imt|agent|soat|ffct)-", f"{_T}{{20,255}}"),
+    ("aws_access_key", "A(?:KIA|SIA|GPA|IDA|ROA|IPA|NPA|NVA|BIA|CCA|3T[A-Z0-9])", f"[A-Z0-9]{{16}}(?!{_A})"),
+    ("google_api_key", "AIza", f"{_T}{{30,60}}"),
+    ("slack_token", "x(?:ox[a-z]|app)-", "[A-Za-z0-9-]{10,250}"),
+    ("slack_webhook", "hooks\\.slack\\.com/(?:services|workflows|triggers)/", "[A-Za-z0-9_/-]{8,256}"),
+    ("stripe_key", "(?:[sr]k_(?:live|test)|whsec)_", f"{_A}{{10,255}}"),
+    ("huggingface_token", "hf_", f"{_A}{{30,64}}"),
+    ("npm_token", "npm_", f"{_A}{{30,64}}"),
+    ("digitalocean_token", "do[opr]_v1_", f"{_A}{{32,80}}"),
+    ("posthog_personal_key", "phx_", f"{_A}{{20,80}}"),
+    ("tailscale_key", "tskey-[a-z]{2,10}-", "[A-Za-z0-9-]{10,200}"),
+    ("sendgrid_key", "SG\\.", f"{_T}{{16,32}}\\.{_T}{{20,64}}"),
+)  # fmt: skip
+_KEEP_PREFIX = frozenset(("slack_webhook",))  # redact the body only: the prefix is a public URL
+
+
+def token_rule(name: str, prefix: str, body: str) -> Rule:
+    """Rule for a token with a fixed prefix; its trigger is the pattern with open upper bounds."""
+    regex = re.compile(f"{prefix}(?P<b>{body})")
+    group = "b" if name in _KEEP_PREFIX else 0
+    run = re.compile(r"[A-Za-z0-9_/-]{1,4096}") if name in _KEEP_PREFIX else _TOKEN_RUN
+    trigger = re.sub(r"\(\?!.*?\)", "", re.sub(r"\{(\d+),\d+\}", r"{\1,}", prefix + body))
+
+    def find(text: str) -> Iterator[Span]:
+        covered = 0
+        for m in regex.finditer(text):
+            body = _MASKED_TAIL.split(m.group("b"))[0]
+            if m.start() >= covered and _left_ok(text, m.start()) and not is_placeholder(body):
+                covered = _run_end(text, m.end(), run)
+                yield m.start(group), covered
+
+    return Rule(name, trigger, find)
+
+
+_JWT = re.compile(f"eyJ(?<!{_T}eyJ){_T}{{4,8192}}\\.{_T}{{4,16384}}\\.{_T}{{0,8192}}")
+_OPENAI = re.compile(f"sk-(?!ant-|or-){_T}{{20,400}}")
+_TELEGRAM = re.compile(r":AA[A-Za-z0-9_-]{30,40}")
+_DIGITS_REVERSED = re.compile(r"[0-9]{6,12}")
+
+
+def find_jwt(text: str) -> Iterator[Span]:
+    """JSON Web Tokens: three base64url segments, the first starting `eyJ`."""
+    for m in _JWT.finditer(text):
+        if not is_placeholder(m.group()):
+            yield m.start(), _run_end(text, m.end())
+
+
+def find_openai(text: str) -> Iterator[Span]:
+    """OpenAI keys (`sk-proj-`, `sk-svcacct-`, `sk-admin-`, legacy) and other random `sk-` keys."""
+    covered = 0
+    for m in _OPENAI.finditer(text):
+        if m.start() >= covered and _left_ok(text, m.start()) and looks_random(m.group()[3:], 20):
+            covered = _run_end(text, m.end())
+            yield m.start(), covered
+
+
+def find_telegram(text: str) -> Iterator[Span]:
+    """Telegram bot tokens `<6-12 digits>:AA<30-40 characters>`."""
+    for m in _TELEGRAM.finditer(text):
+        rev = _DIGITS_REVERSED.match(text[max(0, m.start() - 12) : m.start()][::-1])
+        if rev is not None and _left_ok(text, m.start() - rev.end()):
+            yield m.start() - rev.end(), m.end()
+
+
+_PEM_BEGIN = re.compile(r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?-----")
+_PEM_END = re.compile(r"-----END (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?-----")
+_PEM_BODY = re.compile(r"[A-Za-z0-9+/=\s\\:,-]{0,16384}")
+
+
+def find_private_key(text: str) -> Iterator[Span]:
+    """Whole PEM private key blocks (also with `\\n` escapes); a block cut short runs to its body's end."""
+    pos, end = 0, _PEM_END.search(text)  # END is searched again only once passed: linear time
+    while (begin := _PEM_BEGIN.search(text, pos)) is not None:
+        if end is not None and end.start() < begin.end():
+            end = _PEM_END.search(text, begin.end())
+        if end is not None and end.start() - begin.end() <= 16384:
+            pos = end.end()
+        else:
+            body = _PEM_BODY.match(text, begin.end())
+            pos = body.end() if body else begin.end()
+        yield begin.start(), pos
+
+
+# ------------------------------------------------------------------------------ credentials by structure
+
+_AUTH = re.compile(  # starts with a character class (fast scan), then `(?i)authorization|bearer|basic`
+    r"[AaBb](?i:(?<=a)(?P<hdr>uthorization)\\?[\"']?[ \t]{0,3}[:=][ \t]{0,3}\\?[\"']?"
+    r"(?:(?:bearer|basic|token|bot|apikey|key)[ \t]{1,3})?|(?<=b)(?:earer|asic)[ \t]{1,3})"
+    r"(?P<s>[A-Za-z0-9._~+/=-]{4,8192})"
+)
+_USERINFO = re.compile(r"://([^\s/?#@\[\]\"'<>]{1,256})@")
+_CREDENTIAL_RUN = re.compile(r"[A-Za-z0-9._~+/=-]{1,4096}")
+
+
+def find_auth_header(text: str) -> Iterator[Span]:
+    """The credential after `Authorization:` (any scheme) or a token-like one after `Bearer`/`Basic`."""
+    for m in _AUTH.finditer(text):
+        cred = m.group("s")
+        if not cred.isalpha() and not is_placeholder(cred) and (m.group("hdr") or looks_random(cred, 16)):
+            yield m.start("s"), _run_end(text, m.end(), _CREDENTIAL_RUN)
+
+
+def find_url_userinfo(text: str) -> Iterator[Span]:
+    """`user:password` (or a bare token) in `scheme://user:password@host`; a plain user name stays."""
+    for m in _USERINFO.finditer(text):
+        user, _, password = m.group(1).partition(":")
+        if (password and not is_placeholder(password)) or looks_random(user, 16):
+            yield m.span(1)
+
+
+_KEYED_WORDS = (
+    "password", "passwd", "passphrase", "pass", "pwd", "secret", "token", "credentials", "credential",
+    "key", "auth", "sessionid", "session", "sid", "jwt", "pat",
+)  # fmt: skip
+_KEYED_TAIL = (
+    r"(?P<q>\\?[\"'])?(?:(?P<sep>[ \t]{0,3}(?:=>|[:=])[ \t]{0,3})|(?P<ws>[ \t]{1,3}))"
+    r"(?P<v>\\?\"[^\"\\\r\n]{1,1024}\\?\"|\\?'[^'\\\r\n]{1,1024}\\?'|[^\s\"'`&;,<>(){}\[\]\\]{1,1024})"
+)
+_KEY_NAME_REVERSED = re.compile(r"[A-Za-z0-9_.-]{0,64}")
+_BARE_RUN = re.compile(r"[^\s\"'`&;,<>(){}\[\]\\]{1,4096}")
+_WORD = re.compile(r"[A-Za-z_]+")
+_ATTRIBUTE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+
+
+def _is_code(text: str, key: str, value: str, end: int, loose: bool) -> bool:
+    """A bare value that is code or prose: `token = get_token()`, `password: str`, `key=self.key`."""
+    if end < len(text) and text[end] in "([":
+        return True
+    return _ATTRIBUTE.fullmatch(value) is not None or (loose and _WORD.fullmatch(value) is not None)
+
+
+def _first_letter_alternation(words: list[str]) -> str:
+    """`(?i)word1|word2|...` written to start with a character class, which `re` scans for fast:
+    `[Pp](?i:(?<=p)(?:assword|ass))` instead of an ignore-case alternation tried at every position."""
+    groups: dict[str, list[str]] = {}
+    for word in words:
+        groups.setdefault(word[0].lower(), []).append(re.escape(word[1:]))
+    first = "".join(re.escape(c) + re.escape(c.upper()) for c in groups)
+    rest = "|".join(f"(?<={re.escape(c)})(?:{'|'.join(rests)})" for c, rests in groups.items())
+    return f"[{first}](?i:{rest})"
+
+
+def make_keyed_finder(extra_keys: frozenset[str]) -> tuple[str, Callable[[str], Iterator[Span]]]:
+    """Trigger and finder for `KEY=value`, `--key value`, `"key": "value"` and `?key=value&`."""
+    words = sorted({*_KEYED_WORDS, *extra_keys}, key=len, reverse=True)
+    regex = re.compile(f"(?P<w>{_first_letter_alternation(words)}){_KEYED_TAIL}")
+    any_word = "(?:" + "|".join(map(re.escape, words)) + ")"
+    trigger = f"(?i){any_word}\\\\?[\"']?[ \\t]{{0,3}}(?:[:=]|=>)|(?i)-[A-Za-z0-9_.-]*{any_word}[ \\t]"
+
+    def find(text: str) -> Iterator[Span]:
+        covered = 0
+        for m in regex.finditer(text):
+            if m.start() < covered:
+                continue
+            rev = _KEY_NAME_REVERSED.match(text[max(0, m.start() - 64) : m.start()][::-1])
+            key_start = m.start() - (rev.end() if rev else 0)
+            key = text[key_start : m.end("w")]
+            if m.group("ws") is not None and (not key.startswith("-") or m.group("q")):
+                continue  # `--flag value` only: `api key sk-...` is prose
+            if text.endswith("//", 0, key_start):
+                continue  # `scheme://user:password@` is url_userinfo's
+            v_start, v_end = m.span("v")
+            if text[v_start] in "\\\"'":
+                v_start += 2 if text[v_start] == "\\" else 1
+                v_end -= 2 if text[v_end - 2] == "\\" else 1
+            else:
+                v_end = covered = _run_end(text, v_end, _BARE_RUN)  # judged once, whatever its length
+                while v_end > v_start and text[v_end - 1] in ".:":
+                    v_end -= 1  # sentence punctuation
+                if _is_code(text, key, text[v_start:v_end], v_end, m.group("sep") != "="):
+                    continue
+            value = text[v_start:v_end]
+            if value.startswith("--") or value.lower() == key.lstrip("-").lower():
+                continue  # `--token --verbose`, `password=password`
+            if keyed_value_is_secret(classify_key(key, extra_keys), value):
+                yield v_start, v_end
+
+    return trigger, find
+
+
+_COOKIE = re.compile(
+    r"[SsCc](?<![A-Za-z0-9-].)(?i:(?<=s)et-cookie|(?<=c)ookie)"  # `(?i)(set-)?cookie`, scanned for fast
+    r"\\?[\"']?[ \t]{0,3}:[ \t]{0,3}\\?[\"']?([^\r\n\"']{1,8192})"
+)
+_COOKIE_PAIR = re.compile(r"([^=;,\s]{1,256})=([^;,\s]{8,4096})")
+_COOKIE_ATTRS = frozenset(("path", "domain", "expires", "max-age", "samesite", "priority", "version"))
+_PLAIN_WORDS = re.compile(r"[a-z]+(?:[-_][a-z]+)*")
+
+
+def find_cookie(text: str) -> Iterator[Span]:
+    """Cookie values in `Cookie:`/`Set-Cookie:` headers; names, attributes and plain words stay."""
+    for m in _COOKIE.finditer(text):
+        for pair in _COOKIE_PAIR.finditer(text, m.start(1), m.end(1)):
+            name, value = pair.group(1), pair.group(2)
+            plain = _PLAIN_WORDS.fullmatch(value) is not None
+            if name.lower() not in _COOKIE_ATTRS and not plain and not is_trivial_value(value):
+                yield pair.span(2)
+
+
+# A run starts after a delimiter (`re` then enters a match at delimiters only) or at the start.
+_B64_RUN = re.compile(r"[^A-Za-z0-9+/_-]([A-Za-z0-9+/_-]{40,4095}={0,2})")
+_B64_AT_START = re.compile(r"[A-Za-z0-9+/_-]{40,4095}={0,2}")
+_B64_REST = re.compile(r"[A-Za-z0-9+/_-]{1,4096}={0,2}")
+_DIGEST_BEFORE = re.compile(
+    r"(?i:sha-?(?:1|224|256|384|512)|md5|digest|checksum)[\"']?[ \t]{0,3}[-:=][ \t]{0,3}[\"']?$"
+)
+_PATH_WORDS = re.compile(r"/?(?:[a-z0-9_-]{0,32}/){1,64}")
+_AWS_SECRET = re.compile(r"[^A-Za-z0-9+/=]([A-Za-z0-9+/]{40})(?![A-Za-z0-9+/=])")
+_AWS_CONTEXT = re.compile(r"(?i)aws|secret")
+
+
+def _b64_runs(text: str) -> Iterator[Span]:
+    """The first 4095 characters of each run of 40+ base64(url) characters."""
+    first = _B64_AT_START.match(text)
+    if first is not None:
+        yield first.span()
+    for m in _B64_RUN.finditer(text, first.end() if first else 0):
+        yield m.span(1)
+
+
+def find_high_entropy(text: str) -> Iterator[Span]:
+    """Unkeyed runs of 40+ random base64(url) characters; not paths, identifiers or digests.
+
+    In a path or URL (`/api/v1/<blob>`, `slack.com/services/<blob>`) leading lowercase segments stay.
+    """
+    for start, run_end in _b64_runs(text):
+        end = _run_end(text, run_end, _B64_REST)
+        if text[start] == "/" or text[start - 1 : start] in (".", "/", ":"):
+            words = _PATH_WORDS.match(text, start, end)
+            start = words.end() if words is not None and words.end() < end else start
+        digest = _DIGEST_BEFORE.search(text, max(0, start - 24), start)  # `sha256=<base64 digest>`
+        if end - start >= 40 and not digest and is_random_blob(text[start:end]):
+            yield start, end
+
+
+def find_aws_secret(text: str) -> Iterator[Span]:
+    """40-character AWS secret access keys within 100 characters after `aws` or `secret`."""
+    for m in _AWS_SECRET.finditer(text):
+        if _AWS_CONTEXT.search(text, max(0, m.start(1) - 100), m.start(1)) and looks_random(m.group(1), 40):
+            yield m.span(1)
+
+
+# ------------------------------------------------------------------------------ personal data
+
+_AT_DOMAIN = re.compile(r"@(?P<d>[A-Za-z0-9][A-Za-z0-9-]{0,62}(?:\.[A-Za-z0-9-]{1,63}){1,8})")
+_LOCAL_REVERSED = re.compile(r"[A-Za-z0-9._%+-]{1,64}")
+_FILE_TLDS = frozenset(
+    ("png", "jpg", "jpeg", "gif", "svg", "webp", "js", "ts", "json", "yaml", "yml", "toml")
+)
+_URL_AUTHORITY = re.compile(r"://[^\s/?#@]*$")
+
+
+def find_email(text: str) -> Iterator[Span]:
+    """`jane.doe+x@mail.example.com`; not `git@host:repo`, `pkg@1.2.3`, `icon@2x.png`, URL userinfo."""
+    in_url = "://" in text
+    for m in _AT_DOMAIN.finditer(text):
+        at = m.start()
+        rev = _LOCAL_REVERSED.match(text[at - 1 : at - 65 if at > 64 else None : -1]) if at else None
+        if rev is None:
+            continue
+        start = at - rev.end()
+        while text[start] == ".":
+            start += 1
+        domain = m.group("d").rstrip("-")
+        tld = domain[domain.rfind(".") + 1 :]
+        if start == at or not tld.isalpha() or not 2 <= len(tld) <= 24 or tld.lower() in _FILE_TLDS:
+            continue
+        if (at - start <= 3 and text[start:at].lower() in ("git", "hg")) or (
+            in_url and _URL_AUTHORITY.search(text, max(0, start - 300), start)
+        ):
+            continue
+        yield start, at + 1 + len(domain)
+
+
+_IPV4 = re.compile(r"\d(?<![0-9.]\d)(?<![vV]\d)\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![0-9]|\.[0-9])")
+_VALID_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)")
+# From a colon; a bare `::`/`::1` (also `a::b` code paths) is rejected inside the regex already.
+_IPV6_TAIL = re.compile(
+    r":(?:(?<=[0-9A-Fa-f]:)|(?<![0-9A-Fa-f:]:)(?=:)(?!:1?(?![0-9A-Fa-f:.])))[0-9A-Fa-f:.]{1,44}"
+)
+_HEX_REVERSED = re.compile(r"[0-9A-Fa-f]{1,4}")
+_H = "[0-9A-Fa-f]{1,4}"
+_IPV6 = re.compile(
+    f"(?:{_H}:){{7}}{_H}|(?:{_H}:){{1,7}}:|(?:{_H}:){{1,6}}:{_H}|(?:{_H}:){{1,5}}(?::{_H}){{1,2}}"
+    f"|(?:{_H}:){{1,4}}(?::{_H}){{1,3}}|(?:{_H}:){{1,3}}(?::{_H}){{1,4}}|(?:{_H}:){{1,2}}(?::{_H}){{1,5}}"
+    f"|{_H}:(?::{_H}){{1,6}}|:(?::{_H}){{1,7}}"
+)
+
+
+def find_ipv4(text: str) -> Iterator[Span]:
+    """IPv4 addresses, private ones too; not loopback 127/8, 0.0.0.0, netmasks or versions (`v1.2.3.4`,
+    `3.5.0.1`: four single digits)."""
+    for m in _IPV4.finditer(text):
+        address = m.group()
+        real = len(address) > 7 and _VALID_IPV4.fullmatch(address) is not None  # `1.2.3.4`: a version
+        if real and not address.startswith(("127.", "0.", "255.255.255.")):
+            yield m.span()
+
+
+def _is_public_ipv6(cand: str) -> bool:
+    """A valid IPv6 address other than loopback `::1` and unspecified `::`."""
+    if "." in cand:  # embedded IPv4: rare, let `ipaddress` decide
+        try:
+            addr = ipaddress.IPv6Address(cand)
+        except ValueError:
+            return False
+        return not (addr.is_loopback or addr.is_unspecified)
+    head, _, last = cand.rpartition(":")
+    return _IPV6.fullmatch(cand) is not None and (bool(head.strip("0:")) or last.lstrip("0") not in ("", "1"))
+
+
+def find_ipv6(text: str) -> Iterator[Span]:
+    """IPv6 addresses; not `::1`, `::`, times (`12:34:56`), MACs or `Type::member` code paths."""
+    for m in _IPV6_TAIL.finditer(text):
+        rev = _HEX_REVERSED.match(text[max(0, m.start() - 4) : m.start()][::-1])
+        start = m.start() - (rev.end() if rev else 0)
+        cand = text[start : m.end()].rstrip(".")
+        if cand.endswith(":") and not cand.endswith("::"):
+            cand = cand[:-1]
+        colons, end = cand.count(":"), start + len(cand)
+        if colons > 7 or (colons < 6 and "::" not in cand) or not any(c.isdigit() for c in cand):
+            continue
+        if len([g for g in cand.split(":") if g]) < 3:
+            continue  # `a[1::2]` slices, `fe80::1`: not a person's address
+        if start and (text[start - 1].isalnum() or text[start - 1] in "_.:"):
+            continue
+        if (end == len(text) or not (text[end].isalnum() or text[end] == "_")) and _is_public_ipv6(cand):
+            yield start, end
+
+
+_HOME_UNIX = re.compile(r"/(?:home|Users)/([^/\s\"'\\:<>|*?$%{}\[\]`]{1,64})")
+_URL_PATH = re.compile(r"://[^\s/]+[^\s]*$")  # `https://host/home/feed` is a web route
+_HOME_WINDOWS = re.compile(
+    r":(?<=[A-Za-z]:)(?:\\{1,2}|/)(?i:users)(?:\\{1,2}|/)"  # C:\Users\, C:\\Users\\ (escaped), C:/Users/
+    r"([^\\/\s\"'<>|:*?$%{}\[\]]{1,64}(?:(?: [^\\/\s\"'<>|:*?]{1,64}){1,2}(?=\\))?)"
+)
+_NOT_USERS = frozenset(("shared", "public", "default", "guest", "all", "user", "username", "you", ".", ".."))
+
+
+def find_home_user(text: str) -> Iterator[Span]:
+    """The user name in `/home/<u>`, `/Users/<u>`, `C:\\Users\\<u>`; `/root` is a role, not a person."""
+    in_url = "://" in text
+    for regex in (_HOME_UNIX, _HOME_WINDOWS):
+        for m in regex.finditer(text):
+            if m.group(1).lower() in _NOT_USERS:
+                continue
+            if not (in_url and _URL_PATH.search(text, max(0, m.start() - 300), m.start())):
+                yield m.span(1)
+
+
+_CARD = re.compile(
+    r"\d(?<![0-9.]\d)(?:\d{12,18}|\d{3}(?:[ -]\d{3,6}){2,4})(?![0-9]|[.,][0-9]|[eE][+-]?[0-9])"
+)
+_CARD_BRANDS = re.compile(r"4|5[1-5]|2[2-7]|3[0-9]|6(?:011|4[4-9]|5|2)")
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def find_payment_card(text: str) -> Iterator[Span]:
+    """13-19 digit card numbers (spaces/dashes allowed) with a card-brand prefix and a valid Luhn sum."""
+    for m in _CARD.finditer(text):
+        digits = m.group().replace(" ", "").replace("-", "")
+        brand = 13 <= len(digits) <= 19 and _CARD_BRANDS.match(digits) is not None
+        if brand and len(set(digits)) > 1 and _luhn_ok(digits):
+            yield m.span()
+
+
+@functools.lru_cache(maxsize=8)
+def builtin_rules(extra_secret_keys: frozenset[str] = frozenset()) -> tuple[Rule, ...]:
+    """All built-in rules, most specific first (the order names merged regions); immutable, shared."""
+    keyed_trigger, find_keyed = make_keyed_finder(extra_secret_keys)
+    return (
+        Rule("private_key", r"BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY", find_private_key),
+        Rule("jwt", f"eyJ{_T}{{4,}}\\.{_T}{{4,}}\\.", find_jwt),
+        *(token_rule(*token) for token in _TOKENS[:2]),
+        Rule("openai_key", f"sk-{_T}{{20,}}", find_openai),
+        *(token_rule(*token) for token in _TOKENS[2:]),
+        Rule("telegram_bot_token", r"[0-9]{6}:AA[A-Za-z0-9_-]{30}", find_telegram),
+        Rule("auth_header", r"(?i)authorization|bearer|basic", find_auth_header),
+        Rule("url_userinfo", r"://[^\s/?#@]{1,256}@", find_url_userinfo),
+        Rule("cookie", r"(?i)cookie", find_cookie),
+        Rule("keyed_secret", keyed_trigger, find_keyed),
+        Rule("aws_secret_key", r"(?i)aws|secret", find_aws_secret),
+        Rule("high_entropy", r"[A-Za-z0-9+/_-]{40}", find_high_entropy, min_length=40),
+        Rule("email", r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]+\.[A-Za-z0-9-]", find_email),
+        Rule("ipv4", r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", find_ipv4),
+        Rule("ipv6", r"::|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){5}:[0-9A-Fa-f]", find_ipv6),
+        Rule("home_user", r"/home/[^/\s]|/Users/|(?i)[/\\]users[/\\]", find_home_user),
+        Rule("payment_card", r"\d{4}[ -]?\d{3}", find_payment_card),
+    )
