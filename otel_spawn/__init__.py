@@ -9,6 +9,7 @@ from __future__ import annotations
 from otel_spawn._errors import ConfigError
 from otel_spawn._exporters import LocalSpanExporter, PostHogSpanExporter
 from otel_spawn._funnel import funnel, set_context, step, track
+from otel_spawn._lifecycle import resource_connected, resource_created, resource_deleted
 from otel_spawn._scrub_processor import ScrubbingSpanProcessor
 from otel_spawn._scrubber import Scrubber, ScrubOptions
 from otel_spawn._setup import Telemetry, configure, scrub, shutdown
@@ -25,6 +26,9 @@ __all__ = [
     "__version__",
     "configure",
     "funnel",
+    "resource_connected",
+    "resource_created",
+    "resource_deleted",
     "scrub",
     "set_context",
     "shutdown",

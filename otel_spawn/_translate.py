@@ -106,7 +106,7 @@ def translate(span: ReadableSpan, ctx: EventContext) -> list[Event]:
         kind is None
         or span.context is None
         or span.end_time is None
-        or not (in_funnel or kind == c.KIND_ERROR)
+        or not (in_funnel or kind in (c.KIND_EVENT, c.KIND_ERROR))
     ):
         return []
     end = span.end_time
