@@ -98,7 +98,7 @@ def _attribute(key: str, value: object) -> AttributeValue | None:
     return str(value)
 
 
-def _event_span(kind: str, name: str, state: FunnelState, properties: Mapping[str, object]) -> None:
+def _event_span(kind: str, name: str, state: FunnelState | None, properties: Mapping[str, object]) -> None:
     """A zero-length marker span: delivered the moment it happens, not when its parent ends."""
     now = time.time_ns()
     span = tracer().start_span(name, start_time=now, attributes={c.ATTR_KIND: kind, c.ATTR_STEP: name})
@@ -106,7 +106,8 @@ def _event_span(kind: str, name: str, state: FunnelState, properties: Mapping[st
         attr = _attribute(key, value)
         if attr is not None:
             span.set_attribute(c.PROPERTY_PREFIX + key, attr)
-    state.stamp(span)
+    if state is not None:
+        state.stamp(span)
     span.end(end_time=now)
 
 
@@ -261,14 +262,14 @@ def set_context(key: str, value: object) -> None:
 
 
 def track(event: str, /, **properties: object) -> None:
-    """Record a product event inside the funnel: a span event on the current span, delivered at once."""
+    """Record a product event: a span event on the current span, delivered at once.
+
+    Inside a funnel it carries the funnel's context and timing; outside one (e.g. `spawn_deleted` from
+    a later command) it carries only its own properties.
+    """
     clean = {key: attr for key, value in properties.items() if (attr := _attribute(key, value)) is not None}
     trace.get_current_span().add_event(event, clean)
-    state = current_funnel()
-    if state is None:
-        warn_once(f"track:{event}", "otel-spawn: track(%r) outside a funnel: traced only", event)
-        return
-    _event_span(c.KIND_EVENT, event, state, clean)
+    _event_span(c.KIND_EVENT, event, current_funnel(), clean)
 
 
 # --- child processes: the OpenTelemetry "environment variables as carriers" convention ----------------

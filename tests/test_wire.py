@@ -17,8 +17,9 @@ import pytest
 from servers import CaptureServer, OtlpReceiver
 
 import otel_spawn
+from otel_spawn._spec import uninstrument
+from otel_spawn.demo import SPEC_PATH, orchestrate
 from otel_spawn.demo.cloud import SpawnError
-from otel_spawn.demo.orchestrate import launch
 
 STEPS = [
     "funnel_started",
@@ -50,10 +51,14 @@ def state_home() -> Path:
 def _reset() -> Iterator[None]:
     yield
     otel_spawn.shutdown()
+    uninstrument()
 
 
 def run_demo(**kwargs: Any) -> None:
-    launch(agent="claude", cloud_name="hetzner", name="box", ref="hn", delays=dict(FAST), **kwargs)
+    # Through the module attribute: the spec's wrapper is installed there by configure().
+    orchestrate.launch(
+        agent="claude", cloud_name="hetzner", name="box", ref="hn", delays=dict(FAST), **kwargs
+    )
 
 
 def posthog(server: CaptureServer, **kwargs: Any) -> otel_spawn.Telemetry:
@@ -63,6 +68,7 @@ def posthog(server: CaptureServer, **kwargs: Any) -> otel_spawn.Telemetry:
         exporters="posthog",
         posthog_host=server.url,
         posthog_api_key="phc_testproject",
+        funnel_spec=SPEC_PATH,
         **kwargs,
     )
 
@@ -180,7 +186,7 @@ def test_every_opt_out_sends_nothing_and_writes_nothing(
 def test_otlp_receives_the_trace(otlp_receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
     """With `otlp` spans reach an OTLP/HTTP receiver with service.name, parentage and funnel attributes."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{otlp_receiver.url}/v1/traces")
-    otel_spawn.configure(app="spawn", exporters="otlp", enabled=True)
+    otel_spawn.configure(app="spawn", exporters="otlp", enabled=True, funnel_spec=SPEC_PATH)
     run_demo()
     otel_spawn.shutdown()
     spans = {s.name: s for s in otlp_receiver.spans}
@@ -202,7 +208,7 @@ def test_posthog_and_otlp_together(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{otlp_receiver.url}/v1/traces")
     monkeypatch.setenv("OTEL_EXPORTER_POSTHOG_HOST", capture_server.url)
     monkeypatch.setenv("OTEL_EXPORTER_POSTHOG_API_KEY", "phc_env")
-    otel_spawn.configure(app="spawn", enabled=True)
+    otel_spawn.configure(app="spawn", enabled=True, funnel_spec=SPEC_PATH)
     run_demo()
     otel_spawn.shutdown()
     assert [e["event"] for e in capture_server.events] == STEPS
