@@ -156,11 +156,13 @@ def cmd_events(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(event))
             continue
-        context = " ".join(f"{k}={props[k]}" for k in ("agent", "cloud", "ref") if props.get(k))
+        shown = ("agent", "cloud", "ref", "spawn_id", "connect_count", "lifetime_hours")
+        context = " ".join(f"{k}={props[k]}" for k in shown if props.get(k) is not None)
         step = props.get("failed_step") or props.get("at_step") or ""
+        elapsed = f"{props['elapsed_ms']:>6} ms" if "elapsed_ms" in props else " " * 9
         print(
-            f"{event['timestamp'][11:23]}  {props.get('funnel_id', '')[:8]}  {event['event']:<28} "
-            f"{props.get('elapsed_ms', ''):>6} ms  {step:<20} {context}"
+            f"{event['timestamp'][11:23]}  {(props.get('funnel_id') or '-')[:8]:<8}  {event['event']:<28} "
+            f"{elapsed}  {step:<20} {context}"
         )
     return 0
 
@@ -211,15 +213,49 @@ def cmd_funnel(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo_launch(args: argparse.Namespace) -> int:
+def _demo_telemetry() -> None:
+    """What the demo app does at start-up: one configure() call; a bad setting costs a warning."""
     import otel_spawn
-    from otel_spawn.demo import SPEC_PATH, orchestrate
-    from otel_spawn.demo.cloud import SpawnError
+    from otel_spawn.demo import SPEC_PATH
 
     try:  # the demo's business code imports nothing from otel-spawn: the spec instruments it
         otel_spawn.configure(app=DEMO_APP, app_version=otel_spawn.__version__, funnel_spec=SPEC_PATH)
     except ConfigError as exc:
         print(f"spawn: telemetry off: {exc}", file=sys.stderr)
+
+
+def cmd_demo_vm(args: argparse.Namespace) -> int:
+    """`demo list`, `demo connect ID`, `demo delete ID [--fail]`."""
+    import otel_spawn
+    from otel_spawn.demo import fleet
+    from otel_spawn.demo.cloud import SpawnError
+
+    if args.demo == "list":
+        for vm in fleet.list_vms():
+            print(f"{vm.id}  {vm.agent:<8} {vm.cloud:<13} {vm.ip}")
+        return 0
+    _demo_telemetry()
+    try:
+        if args.demo == "connect":
+            vm = fleet.connect(args.vm_id)
+            print(f"spawn: connected to {vm.id} ({vm.agent} on {vm.cloud})")
+        else:
+            vm = fleet.delete(args.vm_id, fail=args.fail)
+            print(f"spawn: deleted {vm.id}")
+    except SpawnError as exc:
+        print(f"spawn: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        otel_spawn.shutdown()
+    return 0
+
+
+def cmd_demo_launch(args: argparse.Namespace) -> int:
+    import otel_spawn
+    from otel_spawn.demo import orchestrate
+    from otel_spawn.demo.cloud import SpawnError
+
+    _demo_telemetry()
     delays = {}
     for item in args.step_delay:
         step, _, seconds = item.partition("=")
@@ -315,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--interrupt-at", choices=DEMO_STEPS, metavar="STEP")
     launch.add_argument("--step-delay", action="append", default=[], type=_step_delay, metavar="STEP=SECONDS")
     launch.set_defaults(func=cmd_demo_launch)
+    demo.add_parser("list", help="the demo VMs").set_defaults(func=cmd_demo_vm)
+    connect = demo.add_parser("connect", help="reconnect to a demo VM (sends spawn_connected)")
+    connect.add_argument("vm_id", metavar="ID")
+    connect.set_defaults(func=cmd_demo_vm)
+    delete = demo.add_parser("delete", help="delete a demo VM (sends spawn_deleted)")
+    delete.add_argument("vm_id", metavar="ID")
+    delete.add_argument("--fail", action="store_true", help="simulate the provider refusing: nothing is sent")
+    delete.set_defaults(func=cmd_demo_vm)
     return parser
 
 

@@ -33,7 +33,8 @@ _TARGET = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT}(?:\.{_IDENT})*)$")
 _SOURCE = re.compile(rf"^({_IDENT})((?:\.{_IDENT})*)$")
 _FUNNEL_KEYS = {"name", "root", "context_args", "steps", "events"}
 _STEP_KEYS = {"target", "step", "context_args", "properties"}
-_EVENT_KEYS = {"target", "event", "properties", "context", "only_if"}
+_EVENT_KEYS = {"target", "event", "properties", "context", "only_if", "lifecycle"}
+LIFECYCLE = ("created", "connected", "deleted")
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class EventSpec:
     properties: tuple[tuple[str, Source], ...] = ()
     context: bool = False  # the properties also become funnel context
     only_if: Source | None = None  # sent only when this value is truthy
+    lifecycle: str | None = None  # "created" | "connected" | "deleted": `event` is the resource kind
 
 
 @dataclass(frozen=True)
@@ -188,11 +190,18 @@ def _event(entry: Mapping[str, Any], title: str, origin: str, modules: _Modules)
         raise ConfigError(f"{where}: context must be true or false, got {context!r}")
     only_if = entry.get("only_if")
     condition = None if only_if is None else _source(only_if, "only_if", where)
+    lifecycle = entry.get("lifecycle")
+    if lifecycle is not None and lifecycle not in LIFECYCLE:
+        raise ConfigError(f"{where}: lifecycle must be one of {', '.join(LIFECYCLE)}, got {lifecycle!r}")
+    if lifecycle is not None and "id" not in dict(properties):
+        raise ConfigError(
+            f'{where}: a lifecycle event needs properties.id (e.g. id = "return.id" or "vm_id")'
+        )
     sources = [(f"property {k!r} source", s) for k, s in properties]
     if condition is not None:
         sources.append(("only_if source", condition))
     _check_sources(target, sources, where, modules, allow_return=True)
-    return EventSpec(target, _name(entry, "event", where), properties, context, condition)
+    return EventSpec(target, _name(entry, "event", where), properties, context, condition, lifecycle)
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], required: set[str], where: str) -> None:

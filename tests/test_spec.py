@@ -14,6 +14,7 @@ from apps import AppFactory
 
 import otel_spawn
 from otel_spawn._config import resolve
+from otel_spawn._errors import ConfigError
 from otel_spawn._spec import EventSpec, FunnelSpec, Source, StepSpec, Target, load_spec, uninstrument
 
 APP = {
@@ -363,3 +364,24 @@ def test_configure_with_a_good_spec_instruments(apps: AppFactory) -> None:
     otel_spawn.configure(funnel_spec=GOOD, enabled=True, exporters="none")
     assert orchestrate.run is not original
     assert orchestrate.run.__wrapped__ is original
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (
+            'lifecycle = "renamed"\nproperties = { id = "vm_id" }',
+            r"lifecycle must be one of created, connected",
+        ),
+        ('lifecycle = "connected"', r"a lifecycle event needs properties.id"),
+    ],
+)
+def test_bad_lifecycle_entries(tmp_path: Path, extra: str, match: str) -> None:
+    """A lifecycle event with an unknown action or no id source is refused at configure time."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        '[funnel]\nname = "spawn"\nroot = "otel_spawn.demo.orchestrate:launch"\n'
+        f'[[funnel.events]]\ntarget = "otel_spawn.demo.fleet:connect"\nevent = "spawn"\n{extra}\n'
+    )
+    with pytest.raises(ConfigError, match=match):
+        load_spec(spec, resolve({}))

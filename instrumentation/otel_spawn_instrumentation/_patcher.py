@@ -232,6 +232,7 @@ def _wrapper(entry: _Entry, func: Any, *, bound_first: bool) -> Wrapper:
         values(entry.properties),
         context=entry.context,
         condition=condition,
+        lifecycle=entry.lifecycle,
         is_async=is_async,
         where=where,
     )

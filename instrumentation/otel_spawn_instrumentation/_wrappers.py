@@ -13,7 +13,15 @@ from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from typing import Any
 
-from otel_spawn import funnel, set_context, step, track
+from otel_spawn import (
+    funnel,
+    resource_connected,
+    resource_created,
+    resource_deleted,
+    set_context,
+    step,
+    track,
+)
 from otel_spawn._constants import PROPERTY_PREFIX
 from otel_spawn._funnel import _attribute
 from otel_spawn._guard import report_internal_error
@@ -208,9 +216,20 @@ def step_wrapper(
 
 
 def event_wrapper(
-    name: str, values: Values, *, context: bool, condition: ValueGetter | None, is_async: bool, where: str
+    name: str,
+    values: Values,
+    *,
+    context: bool,
+    condition: ValueGetter | None,
+    is_async: bool,
+    where: str,
+    lifecycle: str | None = None,
 ) -> Wrapper:
-    """A successful return of the call tracks event `name` (only when `condition` is truthy, if given)."""
+    """A successful return of the call tracks event `name` (only when `condition` is truthy, if given).
+
+    With `lifecycle`, `name` is a resource kind and the call creates, connects or deletes resource
+    `properties["id"]` in the lifecycle store, which sends `<kind>_connected` / `<kind>_deleted`.
+    """
 
     def emit(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
         try:
@@ -222,7 +241,14 @@ def event_wrapper(
             if context:
                 for key, value in properties.items():
                     set_context(key, value)
-            track(name, **properties)
+            if lifecycle is None:
+                track(name, **properties)
+            elif "id" in properties:
+                resource_id = str(properties.pop("id"))
+                if lifecycle == "created":
+                    resource_created(name, resource_id, **properties)
+                else:
+                    (resource_connected if lifecycle == "connected" else resource_deleted)(name, resource_id)
         except Exception as exc:
             report_internal_error(where, exc)
 
@@ -257,7 +283,14 @@ def event_wrapper(
             if context:
                 for key, value in properties.items():
                     set_context(key, value)
-            track(name, **properties)
+            if lifecycle is None:
+                track(name, **properties)
+            elif "id" in properties:
+                resource_id = str(properties.pop("id"))
+                if lifecycle == "created":
+                    resource_created(name, resource_id, **properties)
+                else:
+                    (resource_connected if lifecycle == "connected" else resource_deleted)(name, resource_id)
         except Exception as exc:
             report_internal_error(where, exc)
         return result

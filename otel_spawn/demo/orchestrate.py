@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cloud, picker
+from . import cloud, fleet, picker
 from .cloud import Plan, Vm
 
 
@@ -22,7 +22,7 @@ def launch(
     plan = Plan(choice.agent, choice.cloud, choice.name, fail_at, fail_message, interrupt_at, delays or {})
     cloud.authenticate(plan)
     cloud.prepare_credentials(plan)
-    vm = cloud.create_vm(plan)
+    vm = fleet.register(cloud.create_vm(plan))
     cloud.install_agent(plan, vm)
     cloud.configure_agent(plan, vm)
     cloud.prelaunch(plan, vm)
