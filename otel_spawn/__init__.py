@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from otel_spawn._errors import ConfigError
 from otel_spawn._exporters import LocalSpanExporter, PostHogSpanExporter
-from otel_spawn._funnel import funnel, set_context, step, track
+from otel_spawn._funnel import child_environment, funnel, set_context, step, track
 from otel_spawn._lifecycle import resource_connected, resource_created, resource_deleted
 from otel_spawn._scrub_processor import ScrubbingSpanProcessor
 from otel_spawn._scrubber import Scrubber, ScrubOptions
 from otel_spawn._setup import Telemetry, configure, scrub, shutdown
+from otel_spawn._spec import uninstrument
 from otel_spawn._version import __version__
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "ScrubbingSpanProcessor",
     "Telemetry",
     "__version__",
+    "child_environment",
     "configure",
     "funnel",
     "resource_connected",
@@ -34,4 +36,5 @@ __all__ = [
     "shutdown",
     "step",
     "track",
+    "uninstrument",
 ]

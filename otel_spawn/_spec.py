@@ -2,7 +2,7 @@
 
 `load_spec` reads and fully validates it (raising ConfigError that names the entry and the
 problem); `instrument_spec` hands it to the wrapt instrumentation in `otel_spawn_instrumentation`.
-The schema is documented in docs/spec.md.
+The schema is documented in the README's funnel spec section.
 """
 
 from __future__ import annotations
@@ -126,7 +126,9 @@ def _table_from_file(path: Path) -> Mapping[str, Any]:
         return table
     if "root" in data:
         return data
-    raise ConfigError(f"funnel spec {path} has no [funnel] table: add one (see docs/spec.md)")
+    raise ConfigError(
+        f"funnel spec {path} has no [funnel] table: add one (see the README's funnel spec section)"
+    )
 
 
 def parse_spec(table: Mapping[str, Any], origin: str) -> FunnelSpec:

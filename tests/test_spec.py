@@ -335,7 +335,7 @@ def test_validation_runs_no_code_of_the_app(apps: AppFactory, tmp_path: Path) ->
     ("text", "message"),
     [
         ("[funnel\nname=", "cannot read funnel spec"),
-        ('app = "x"\n', "has no [funnel] table: add one (see docs/spec.md)"),
+        ('app = "x"\n', "has no [funnel] table: add one (see the README's funnel spec section)"),
         ("funnel = 3\n", "[funnel] in"),
     ],
 )

@@ -1,8 +1,8 @@
 """OpenTelemetry auto-instrumentation of a CLI orchestrator from its declarative funnel spec.
 
-The spec (the `[funnel]` table of otel-spawn.toml, see docs/spec.md) names the call that opens
-the funnel, the calls that are steps and the calls that are product events; this package wraps
-them with wrapt, so the app's code needs no change:
+The spec (the `[funnel]` table of otel-spawn.toml; see the README's funnel spec section) names
+the call that opens the funnel, the calls that are steps and the calls that are product events;
+this package wraps them with wrapt, so the app's code needs no change:
 
     OTEL_TRACES_EXPORTER=posthog opentelemetry-instrument python -m mycli
 
