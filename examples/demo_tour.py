@@ -1,7 +1,7 @@
-"""`make demo`: a short tour of the bundled spawn demo on the local sink (no server, no key).
+"""`make demo`: a short tour of the bundled demo CLI on the local sink (no server, no key).
 
-Runs a few launches (one failing, one interrupted) with a throw-away state directory, then prints
-the product events that were recorded and where the spans are.
+Runs a few launches (one failing, one interrupted), reconnects to and deletes a VM, then prints the
+events of one run and the funnel as PostHog would count it. Uses a throw-away state directory.
 """
 
 from __future__ import annotations
@@ -16,40 +16,49 @@ HOME = Path(__file__).resolve().parent.parent / ".demo-home"
 LAUNCHES: list[tuple[str, list[str]]] = [
     ("a successful launch", ["--agent", "claude", "--cloud", "hetzner", "--ref", "readme"]),
     ("a second one", ["--agent", "codex", "--cloud", "gcp", "--ref", "hn"]),
+    ("a third one", ["--agent", "claude", "--cloud", "aws", "--ref", "hn"]),
     (
-        "one that fails at vm_ready",
-        ["--agent", "claude", "--cloud", "aws", "--fail-at", "vm_ready", "--fail-message", "quota exceeded"],
+        "one that fails",
+        ["--agent", "claude", "--cloud", "aws", "--fail-at", "vm_ready", "--fail-message", "quota"],
     ),
-    (
-        "one interrupted during install",
-        ["--agent", "gemini", "--cloud", "hetzner", "--interrupt-at", "install_completed"],
-    ),
+    ("one interrupted", ["--agent", "gemini", "--cloud", "hetzner", "--interrupt-at", "install_completed"]),
 ]
 
 
 def otel_spawn(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OTEL_SPAWN_HOME": str(HOME), "OTEL_TRACES_EXPORTER": "local"}
+    env = {**os.environ, "OTEL_SPAWN_HOME": str(HOME / "state"), "SPAWN_DEMO_HOME": str(HOME / "cloud")}
+    env["OTEL_TRACES_EXPORTER"] = "local"
     env.pop("PYTEST_CURRENT_TEST", None)
     return subprocess.run(
         [sys.executable, "-m", "otel_spawn._cli", *args], env=env, text=True, capture_output=True, check=False
     )
 
 
+def show(*args: str, note: str = "") -> subprocess.CompletedProcess[str]:
+    result = otel_spawn(*args)
+    last = (result.stdout + result.stderr).strip().splitlines()[-1:]
+    print(f"$ otel-spawn {' '.join(args)}\n  -> exit {result.returncode}: {' '.join(last)}{note}")
+    return result
+
+
 def main() -> int:
     shutil.rmtree(HOME, ignore_errors=True)
-    print(f"otel-spawn demo: state directory {HOME} (local backend, nothing leaves this machine)\n")
+    print(f"otel-spawn demo: state in {HOME} (local backend: nothing leaves this machine)\n")
     for title, args in LAUNCHES:
-        result = otel_spawn("demo", "launch", *args)
-        last = (result.stdout + result.stderr).strip().splitlines()[-1:]
-        print(
-            f"$ otel-spawn demo launch {' '.join(args)}\n"
-            f"  -> exit {result.returncode}: {' '.join(last)}  ({title})"
-        )
-    print("\nProduct events recorded (time, funnel, event, elapsed, step, context):")
-    events = otel_spawn("events", "--limit", "200")
-    print(events.stdout or events.stderr)
-    print(f"Spans and events are in {HOME / 'local.sqlite3'}.")
-    print(f"Again by hand: OTEL_SPAWN_HOME={HOME} .venv/bin/otel-spawn events")
+        show("demo", "launch", *args, note=f"  ({title})")
+    vm_id = otel_spawn("demo", "list").stdout.split()[0]
+    show("demo", "connect", vm_id)
+    show("demo", "delete", vm_id, "--fail", note="  (a failed delete sends nothing)")
+    show("demo", "delete", vm_id)
+
+    events = otel_spawn("events", "--limit", "200").stdout.splitlines()
+    print("\nEvents of the failed run and the lifecycle (time, funnel, event, elapsed, step, context):")
+    failed = next(line.split()[1] for line in events if "funnel_failed" in line)
+    print("\n".join(line for line in events if line.split()[1] in (failed, "-")))
+    print("\nThe funnel, one row per step, counting runs (`otel-spawn funnel --by funnel_id`):")
+    print(otel_spawn("funnel", "--by", "funnel_id").stdout)
+    print(f"All events: OTEL_SPAWN_HOME={HOME / 'state'} .venv/bin/otel-spawn events")
+    print("Traces in Jaeger, the HTML funnel, the PostHog backend: see README.md.")
     return 0
 
 
