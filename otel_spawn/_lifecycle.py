@@ -9,7 +9,6 @@ nothing, and a malformed stored count reads as 0.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -18,8 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from otel_spawn._guard import guarded
-from otel_spawn._state import ensure_home
+from otel_spawn import _sqlite
+from otel_spawn._guard import guarded, warn_once
 
 RESOURCES_DB = "resources.sqlite3"
 
@@ -54,18 +53,9 @@ class ResourceStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        ensure_home(self.home)
-        if not self.path.exists():
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        with closing(sqlite3.connect(self.path, timeout=10.0, isolation_level=None)) as db:
-            db.executescript(_SCHEMA)
-            db.execute("BEGIN IMMEDIATE")  # one writer at a time: increments are atomic
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        """One writer at a time across processes: increments are atomic."""
+        with closing(_sqlite.connect(self.path, _SCHEMA)) as db, _sqlite.transaction(db):
+            yield db
 
     def created(
         self, kind: str, resource_id: str, attributes: Mapping[str, Any], now: float | None = None
@@ -147,38 +137,42 @@ def _attributes(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _store() -> ResourceStore | None:
+def _update(action: str, kind: str, resource_id: str, attributes: dict[str, Any]) -> None:
+    """Apply `action` to the store of the configured app and send its event; disk trouble is one warning."""
+    from otel_spawn._funnel import track
     from otel_spawn._setup import active
 
     telemetry = active()
-    return ResourceStore(telemetry.settings.home) if telemetry is not None and telemetry.enabled else None
+    if telemetry is None or not telemetry.enabled:
+        return
+    store = ResourceStore(telemetry.settings.home)
+    try:
+        if action == "created":
+            store.created(kind, resource_id, attributes)
+            return
+        props = (
+            store.connected(kind, resource_id) if action == "connected" else store.deleted(kind, resource_id)
+        )
+    except (OSError, sqlite3.Error) as exc:
+        warn_once("state", "otel-spawn: state directory %s unusable (%s)", store.home, exc)
+        return
+    if props is not None:
+        track(f"{kind}_{action}", **props)
 
 
 @guarded("resource_created", None)
 def resource_created(kind: str, resource_id: str, **attributes: Any) -> None:
     """Remember a resource the CLI created (e.g. `resource_created("spawn", vm.id, agent=..., cloud=...)`)."""
-    store = _store()
-    if store is not None:
-        store.created(kind, resource_id, attributes)
+    _update("created", kind, resource_id, attributes)
 
 
 @guarded("resource_connected", None)
 def resource_connected(kind: str, resource_id: str) -> None:
     """Count a connection and send `<kind>_connected`; nothing for an unknown resource."""
-    store = _store()
-    props = store.connected(kind, resource_id) if store is not None else None
-    if props is not None:
-        from otel_spawn._funnel import track
-
-        track(f"{kind}_connected", **props)
+    _update("connected", kind, resource_id, {})
 
 
 @guarded("resource_deleted", None)
 def resource_deleted(kind: str, resource_id: str) -> None:
     """Forget a resource and send `<kind>_deleted` with its lifetime; nothing for an unknown resource."""
-    store = _store()
-    props = store.deleted(kind, resource_id) if store is not None else None
-    if props is not None:
-        from otel_spawn._funnel import track
-
-        track(f"{kind}_deleted", **props)
+    _update("deleted", kind, resource_id, {})

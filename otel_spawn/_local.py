@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -13,8 +12,8 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from otel_spawn import _sqlite
 from otel_spawn._posthog import Event
-from otel_spawn._state import ensure_home
 
 LOCAL_DB = "local.sqlite3"
 
@@ -65,26 +64,14 @@ class LocalStore:
     """SQLite file (mode 0600) holding events and spans; safe across threads and processes."""
 
     def __init__(self, home: Path) -> None:
-        ensure_home(home)
         self.path = home / LOCAL_DB
-        if not self.path.exists():
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = _sqlite.connect(self.path, _SCHEMA)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, _sqlite.transaction(self._db) as db:
+            yield db
 
     def write(self, events: Sequence[Event], spans: Sequence[ReadableSpan] = ()) -> None:
         """Store events (a uuid is stored once) and spans, in one transaction."""

@@ -24,11 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from otel_spawn import _sqlite
 from otel_spawn._config import DEFAULT_SPOOL_BYTES
 from otel_spawn._delivery import MemoryOutbox
 from otel_spawn._guard import warn_once
 from otel_spawn._posthog import Event
-from otel_spawn._state import ensure_home
 
 SPOOL_DB = "spool.sqlite3"
 LEASE_SECONDS = 30.0
@@ -79,7 +79,7 @@ class SqliteSpool:
         self._memory = MemoryOutbox()
         self._db: sqlite3.Connection | None = None
         try:
-            self._db = _open(home, self.path)
+            self._db = _open(self.path)
         except (sqlite3.Error, OSError) as exc:
             self._degrade("open", exc)
 
@@ -277,14 +277,8 @@ class SqliteSpool:
         with self._lock:
             if self._db is None:
                 raise _Degraded
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _sqlite.transaction(self._db) as db:
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
     def _degrade(self, what: str, exc: BaseException) -> None:
         warn_once(
@@ -304,20 +298,12 @@ class _Degraded(Exception):
     """The spool is running from memory."""
 
 
-def _open(home: Path, path: Path) -> sqlite3.Connection:
+def _open(path: Path) -> sqlite3.Connection:
     """Open (creating 0600) the spool; a corrupt file is moved aside and recreated."""
-    ensure_home(home)
     for attempt in range(2):
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            return db
+            return _sqlite.connect(path, _SCHEMA)
         except sqlite3.DatabaseError as exc:
-            db.close()
             if attempt or ("not a database" not in str(exc) and "malformed" not in str(exc)):
                 raise
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
