@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -14,6 +12,7 @@ from typing import Any
 
 import pytest
 from apps import Captured
+from helpers import posthog_env, static_properties
 from opentelemetry import trace
 from servers import CaptureServer
 
@@ -144,15 +143,7 @@ def test_a_child_process_continues_the_parents_funnel(capture_server: CaptureSer
     """The child's events carry the parent's funnel id and distinct id, and elapsed_ms from its start."""
     (tmp_path / "parent.py").write_text(textwrap.dedent(PARENT))
     (tmp_path / "child.py").write_text(textwrap.dedent(CHILD))
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    env.update(
-        {
-            "OTEL_SPAWN_ENABLE_IN_TESTS": "1",
-            "OTEL_TRACES_EXPORTER": "posthog",
-            "OTEL_EXPORTER_POSTHOG_HOST": capture_server.url,
-            "OTEL_EXPORTER_POSTHOG_API_KEY": "phc_children",
-        }
-    )
+    env = posthog_env(capture_server.url, "phc_children")
     result = subprocess.run(
         [sys.executable, "parent.py", "child.py"],
         cwd=tmp_path,
@@ -177,18 +168,7 @@ def test_a_child_process_continues_the_parents_funnel(capture_server: CaptureSer
     assert elapsed["funnel_parent_ready"] < elapsed["funnel_child_work"] <= elapsed["funnel_child_ran"]
     child = events["funnel_child_work"]["properties"]
     assert child == {
-        "app": "kids",
-        "app_version": "1.0.0",
-        "source": "cli",
-        "os": platform.system().lower(),
-        "arch": platform.machine().lower(),
-        "python_version": platform.python_version(),
-        "is_ci": child["is_ci"],
-        "$lib": "otel-spawn",
-        "$lib_version": otel_spawn.__version__,
-        "$process_person_profile": False,
-        "$ip": None,
-        "$geoip_disable": True,
+        **static_properties("kids", "1.0.0", is_ci=child["is_ci"]),
         "funnel": "deploy",
         "funnel_id": funnel_id,
         "trace_id": funnel_id,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import posthog_env
 from servers import AcceptThenDrop, CaptureServer, Status, unused_port
 
 import otel_spawn
@@ -44,19 +45,8 @@ def black_hole() -> Iterator[str]:
 
 
 def env_for(host: str, home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    env.update(
-        {
-            "OTEL_SPAWN_ENABLE_IN_TESTS": "1",
-            "OTEL_SPAWN_HOME": str(home),
-            "OTEL_TRACES_EXPORTER": "posthog,local",
-            "OTEL_EXPORTER_POSTHOG_HOST": host,
-            "OTEL_EXPORTER_POSTHOG_API_KEY": "phc_e2e",
-            "OTEL_SPAWN_FLUSHER_SECONDS": "0",
-            **extra,
-        }
-    )
-    return env
+    settings = {"OTEL_SPAWN_HOME": str(home), "OTEL_TRACES_EXPORTER": "posthog,local"}
+    return posthog_env(host, "phc_e2e", **{**settings, "OTEL_SPAWN_FLUSHER_SECONDS": "0", **extra})
 
 
 def demo(*args: str) -> list[str]:

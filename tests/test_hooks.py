@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
+from helpers import posthog_env
 from servers import CaptureServer
 
 SCRIPT = """
@@ -36,14 +36,7 @@ raise ValueError("top level with token ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6
 def run_script(tmp_path: Path, server: CaptureServer, mode: str) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "app_main.py"
     script.write_text(textwrap.dedent(SCRIPT))
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    env.update(
-        {
-            "OTEL_EXPORTER_POSTHOG_HOST": server.url,
-            "OTEL_EXPORTER_POSTHOG_API_KEY": "phc_hooks",
-            "OTEL_SPAWN_FLUSHER_SECONDS": "5",
-        }
-    )
+    env = posthog_env(server.url, "phc_hooks", OTEL_SPAWN_FLUSHER_SECONDS="5")
     return subprocess.run(
         [sys.executable, str(script), mode], env=env, text=True, capture_output=True, timeout=60, check=False
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import os
-import platform
 import subprocess
 import sys
 import uuid
@@ -16,6 +14,7 @@ from typing import Any
 
 import pytest
 from apps import AppFactory, Captured
+from helpers import posthog_env, static_properties
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from otel_spawn_instrumentation import OtelSpawnInstrumentor, installed_spec
 from otel_spawn_instrumentation._arguments import argument_getter
@@ -643,15 +642,7 @@ def test_stock_command_instruments_an_unchanged_app(capture_server: CaptureServe
     project = tmp_path / "project"
     AppFactory(project).write(STOCK_APP)  # not on this process's sys.path: the app runs in a child
     (project / "otel-spawn.toml").write_text(STOCK_TOML)
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    env.update(
-        {
-            "OTEL_SPAWN_ENABLE_IN_TESTS": "1",
-            "OTEL_TRACES_EXPORTER": "posthog",
-            "OTEL_EXPORTER_POSTHOG_HOST": capture_server.url,
-            "OTEL_EXPORTER_POSTHOG_API_KEY": "phc_stock",
-        }
-    )
+    env = posthog_env(capture_server.url, "phc_stock")
     command = Path(sys.executable).parent / "opentelemetry-instrument"
     result = subprocess.run(
         [str(command), sys.executable, "-m", "mycli", "codex"],
@@ -673,18 +664,7 @@ def test_stock_command_instruments_an_unchanged_app(capture_server: CaptureServe
     assert set(vm_ready) == {"event", "distinct_id", "timestamp", "uuid", "properties"}
     props = vm_ready["properties"]
     assert props == {
-        "app": "mycli",
-        "app_version": "2.0.0",
-        "source": "cli",
-        "os": platform.system().lower(),
-        "arch": platform.machine().lower(),
-        "python_version": platform.python_version(),
-        "is_ci": props["is_ci"],
-        "$lib": "otel-spawn",
-        "$lib_version": otel_spawn.__version__,
-        "$process_person_profile": False,
-        "$ip": None,
-        "$geoip_disable": True,
+        **static_properties("mycli", "2.0.0", is_ci=props["is_ci"]),
         "funnel": "spawn",
         "funnel_id": funnel_id,
         "trace_id": funnel_id,

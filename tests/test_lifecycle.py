@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import pytest
+from helpers import posthog_env, run_cli
 from servers import CaptureServer
 
 import otel_spawn
@@ -142,33 +140,19 @@ def test_public_api_sends_connected_and_deleted(telemetry: CaptureServer) -> Non
     assert "elapsed_ms" not in events["spawn_deleted"]  # outside a funnel
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "otel_spawn._cli", *args], env=env, text=True, capture_output=True, timeout=60
-    )
-
-
 def test_demo_lifecycle_commands_send_events(tmp_path: Path, capture_server: CaptureServer) -> None:
     """demo connect/delete send spawn_connected/spawn_deleted; unknown ids and failed deletes send nothing."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    env.update(
-        {
-            "OTEL_SPAWN_ENABLE_IN_TESTS": "1",
-            "SPAWN_DEMO_HOME": str(tmp_path / "cloud"),
-            "OTEL_TRACES_EXPORTER": "posthog",
-            "OTEL_EXPORTER_POSTHOG_HOST": capture_server.url,
-            "OTEL_EXPORTER_POSTHOG_API_KEY": "phc_lc",
-            "OTEL_SPAWN_FLUSHER_SECONDS": "5",
-        }
+    env = posthog_env(
+        capture_server.url, "phc_lc", SPAWN_DEMO_HOME=str(tmp_path / "cloud"), OTEL_SPAWN_FLUSHER_SECONDS="5"
     )
-    assert _cli("demo", "launch", "--agent", "codex", "--cloud", "aws", env=env).returncode == 0
-    [vm_id] = [line.split()[0] for line in _cli("demo", "list", env=env).stdout.splitlines()]
-    assert _cli("demo", "connect", vm_id, env=env).returncode == 0
-    assert _cli("demo", "connect", vm_id, env=env).returncode == 0
-    assert _cli("demo", "connect", "gcp-00000000", env=env).returncode == 1
-    assert _cli("demo", "delete", vm_id, "--fail", env=env).returncode == 1
-    assert _cli("demo", "delete", vm_id, env=env).returncode == 0
-    assert _cli("demo", "delete", vm_id, env=env).returncode == 1
+    assert run_cli("demo", "launch", "--agent", "codex", "--cloud", "aws", env=env).returncode == 0
+    [vm_id] = [line.split()[0] for line in run_cli("demo", "list", env=env).stdout.splitlines()]
+    assert run_cli("demo", "connect", vm_id, env=env).returncode == 0
+    assert run_cli("demo", "connect", vm_id, env=env).returncode == 0
+    assert run_cli("demo", "connect", "gcp-00000000", env=env).returncode == 1
+    assert run_cli("demo", "delete", vm_id, "--fail", env=env).returncode == 1
+    assert run_cli("demo", "delete", vm_id, env=env).returncode == 0
+    assert run_cli("demo", "delete", vm_id, env=env).returncode == 1
     assert capture_server.wait_for_events(14 + 3, timeout=15)
     lifecycle = [
         e for e in capture_server.events if e["event"].startswith("spawn_") and "spawn_id" in e["properties"]
@@ -181,4 +165,4 @@ def test_demo_lifecycle_commands_send_events(tmp_path: Path, capture_server: Cap
     deleted = lifecycle[-1]["properties"]
     assert (deleted["spawn_id"], deleted["agent"], deleted["cloud"]) == (vm_id, "codex", "aws")
     assert 0 <= deleted["lifetime_hours"] < 1
-    assert _cli("demo", "list", env=env).stdout == ""
+    assert run_cli("demo", "list", env=env).stdout == ""

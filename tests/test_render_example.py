@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import posthog_env
 from servers import CaptureServer
 
 import otel_spawn
@@ -34,17 +34,7 @@ VARYING = ("funnel_id", "trace_id", "elapsed_ms", "step_duration_ms", "os", "arc
 @pytest.fixture
 def env(capture_server: CaptureServer) -> dict[str, str]:
     """The environment of a render process that sends to the capture server (and is not a test run)."""
-    out = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    out.update(
-        {
-            "OTEL_SPAWN_ENABLE_IN_TESTS": "1",
-            "OTEL_TRACES_EXPORTER": "posthog",
-            "OTEL_EXPORTER_POSTHOG_HOST": capture_server.url,
-            "OTEL_EXPORTER_POSTHOG_API_KEY": "phc_render",
-            "PYTHONPATH": str(REPO),
-        }
-    )
-    return out
+    return posthog_env(capture_server.url, "phc_render", PYTHONPATH=str(REPO))
 
 
 def stored(server: CaptureServer) -> list[dict[str, Any]]:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import child_env, run_cli
 
 import otel_spawn
 from otel_spawn import _report
@@ -660,10 +658,7 @@ def test_cli_funnel_prints_the_report_and_writes_html(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "e.jsonl", [json.dumps(e) for e in run("a", 3) + run("b", 1)] + ["{oops"])
     page = tmp_path / "funnel.html"
     args = ["funnel", "--events", str(path), "--steps", ",".join(STEPS), "--json", "--html", str(page)]
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    result = subprocess.run(
-        [sys.executable, "-m", "otel_spawn._cli", *args], env=env, capture_output=True, text=True, timeout=60
-    )
+    result = run_cli(*args, env=child_env())
     assert result.returncode == 0
     assert [s["users"] for s in json.loads(result.stdout)["overall"]["steps"]] == [2, 1, 1]
     assert result.stderr.splitlines() == [

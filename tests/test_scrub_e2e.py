@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
 from pathlib import Path
 
+from helpers import child_env
 from servers import CaptureServer, OtlpReceiver
 
 OPENROUTER_KEY = "sk-or-v1-" + secrets.token_hex(32)
@@ -18,15 +18,8 @@ SENSITIVE = [OPENROUTER_KEY, GITHUB_TOKEN, EMAIL, USER, OPENROUTER_KEY[9:25], GI
 
 
 def run_demo(home: Path, env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    env.update(
-        {
-            "OTEL_SPAWN_ENABLE_IN_TESTS": "1",
-            "OTEL_SPAWN_HOME": str(home),
-            "OPENROUTER_API_KEY": OPENROUTER_KEY,
-            "HOME": f"/home/{USER}",
-            **env_extra,
-        }
+    env = child_env(
+        OTEL_SPAWN_HOME=str(home), OPENROUTER_API_KEY=OPENROUTER_KEY, HOME=f"/home/{USER}", **env_extra
     )
     message = f"auth failed with token {GITHUB_TOKEN} reading /home/{USER}/.config/spawn/hetzner.json"
     return subprocess.run(

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import child_env, run_cli, static_properties
 from servers import CaptureServer, OtlpReceiver
 
 import otel_spawn
@@ -87,18 +86,7 @@ def test_demo_events_arrive_in_order_with_whole_payload(capture_server: CaptureS
     assert datetime.fromisoformat(vm_ready["timestamp"]).tzinfo is not None
     uuid.UUID(vm_ready["uuid"])
     assert props == {
-        "app": "spawn",
-        "app_version": "9.9.9",
-        "source": "cli",
-        "os": platform.system().lower(),
-        "arch": platform.machine().lower(),
-        "python_version": platform.python_version(),
-        "is_ci": props["is_ci"],
-        "$lib": "otel-spawn",
-        "$lib_version": otel_spawn.__version__,
-        "$process_person_profile": False,
-        "$ip": None,
-        "$geoip_disable": True,
+        **static_properties("spawn", "9.9.9", is_ci=props["is_ci"]),
         "agent": "claude",
         "cloud": "hetzner",
         "ref": "hn",
@@ -218,15 +206,7 @@ def test_posthog_and_otlp_together(
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    return subprocess.run(
-        [sys.executable, "-m", "otel_spawn._cli", *args],
-        env={**full, **env},
-        text=True,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, env=child_env(**env))
 
 
 def test_cli_demo_exit_codes_and_notice(capture_server: CaptureServer) -> None:
