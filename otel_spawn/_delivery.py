@@ -97,6 +97,7 @@ class Sender:
     client: PostHogClient
     batch_size: int = 100
     interval: float = 0.2
+    linger: float = 0.02  # after a wake-up, let a few more events join the batch (not when stopping)
     backoff: Backoff = field(default_factory=Backoff)
     stats: DeliveryStats = field(default_factory=DeliveryStats)
 
@@ -120,6 +121,7 @@ class Sender:
         idle = False
         while not self._stop.is_set():
             self._wake.wait(None if idle else max(self.interval, self._not_before - time.monotonic()))
+            self._stop.wait(self.linger)
             self._wake.clear()
             try:
                 idle = self.drain(deadline=None) or self.stats.auth_failed

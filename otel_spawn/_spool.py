@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS quarantine (uuid TEXT PRIMARY KEY, body TEXT NOT NULL, reason TEXT, at REAL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-INSERT OR IGNORE INTO counters VALUES ('bytes', 0), ('sent', 0), ('evicted', 0), ('quarantined', 0);
+INSERT OR IGNORE INTO counters VALUES ('sent', 0), ('evicted', 0), ('quarantined', 0);
 """
 
 
@@ -75,6 +75,7 @@ class SqliteSpool:
         self.max_bytes = max_bytes
         self.lease = lease
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._bytes_estimate = max_bytes  # so the first put measures what earlier runs left
         self._lock = threading.Lock()
         self._memory = MemoryOutbox()
         self._db: sqlite3.Connection | None = None
@@ -92,15 +93,13 @@ class SqliteSpool:
 
     def put(self, events: Sequence[Event]) -> None:
         rows = [(e["uuid"], body, len(body), time.time()) for e in events for body in [json.dumps(e)]]
-        try:
-            with self._transaction() as db:
-                added = 0
-                for row in rows:
-                    insert = "INSERT OR IGNORE INTO events (uuid, body, size, created) VALUES (?, ?, ?, ?)"
-                    if db.execute(insert, row).rowcount:  # a re-exported event is stored once
-                        added += row[2]
-                if added:
-                    db.execute("UPDATE counters SET value = value + ? WHERE name = 'bytes'", (added,))
+        insert = "INSERT OR IGNORE INTO events (uuid, body, size, created) VALUES (?, ?, ?, ?)"
+        try:  # one commit per put; a re-exported event (same uuid) is stored once
+            with self._transaction() if len(rows) > 1 else self._read() as db:
+                db.executemany(insert, rows)
+            self._bytes_estimate += sum(row[2] for row in rows)
+            if self._bytes_estimate > self.max_bytes:
+                with self._transaction() as db:
                     self._evict(db)
         except _Degraded:
             self._memory.put(events)
@@ -191,19 +190,20 @@ class SqliteSpool:
         try:
             with self._transaction() as db:
                 dropped += db.execute("DELETE FROM events").rowcount
-                db.execute("UPDATE counters SET value = 0 WHERE name = 'bytes'")
         except (_Degraded, sqlite3.Error):
             pass
         return dropped
 
     def status(self) -> SpoolStatus:
         with self._read() as db:
-            depth, oldest = db.execute("SELECT COUNT(*), MIN(created) FROM events").fetchone()
+            depth, oldest, size = db.execute(
+                "SELECT COUNT(*), MIN(created), COALESCE(SUM(size), 0) FROM events"
+            ).fetchone()
             counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         return SpoolStatus(
             depth=int(depth) + self._memory.depth(),
-            bytes=int(counters.get("bytes", 0)),
+            bytes=int(size),
             oldest_age_seconds=None if oldest is None else max(0.0, time.time() - float(oldest)),
             sent=int(counters.get("sent", 0)),
             evicted=int(counters.get("evicted", 0)) + self._memory.stats.evicted,
@@ -225,34 +225,31 @@ class SqliteSpool:
         try:
             with self._transaction() as db:
                 uuids = [e["uuid"] for e in events]
-                where = f"uuid IN ({','.join('?' * len(uuids))})"
-                size = db.execute(
-                    f"SELECT COALESCE(SUM(size), 0) FROM events WHERE {where}", uuids
-                ).fetchone()[0]
-                db.execute(f"DELETE FROM events WHERE {where}", uuids)
-                db.execute("UPDATE counters SET value = value - ? WHERE name = 'bytes'", (size,))
+                db.execute(f"DELETE FROM events WHERE uuid IN ({','.join('?' * len(uuids))})", uuids)
                 db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (len(events), counter))
         except (_Degraded, sqlite3.Error):
             pass
 
     def _evict(self, db: sqlite3.Connection) -> None:
-        """Oldest-first eviction down to the size cap; counted."""
-        total = int(db.execute("SELECT value FROM counters WHERE name = 'bytes'").fetchone()[0])
+        """Oldest-first eviction to the size cap, counted. Run only when this process's running
+        estimate passes the cap; the exact sum is taken then, and eviction leaves 10% of headroom
+        so that the sum is not needed again at every put."""
+        total = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0])
+        target = self.max_bytes if total <= self.max_bytes else self.max_bytes * 9 // 10
         evicted = freed = 0
-        while total - freed > self.max_bytes:
-            oldest = db.execute("SELECT id, size FROM events ORDER BY id LIMIT 64").fetchall()
+        while total - freed > target:
+            oldest = db.execute("SELECT id, size FROM events ORDER BY id LIMIT 256").fetchall()
             if not oldest:
                 break
             for row_id, size in oldest:
-                if total - freed <= self.max_bytes:
+                if total - freed <= target:
                     break
                 db.execute("DELETE FROM events WHERE id = ?", (row_id,))
                 freed += size
                 evicted += 1
-        if not evicted:
-            return
-        db.execute("UPDATE counters SET value = value - ? WHERE name = 'bytes'", (freed,))
-        db.execute("UPDATE counters SET value = value + ? WHERE name = 'evicted'", (evicted,))
+        self._bytes_estimate = total - freed
+        if evicted:
+            db.execute("UPDATE counters SET value = value + ? WHERE name = 'evicted'", (evicted,))
 
     def _uuids_in_db(self, events: Sequence[Event]) -> set[str]:
         try:

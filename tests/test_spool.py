@@ -76,14 +76,16 @@ def test_expired_lease_is_taken_over(home: Path) -> None:
 
 
 def test_size_cap_evicts_oldest_and_counts(home: Path) -> None:
-    """Over the cap the oldest events go first, and the eviction is counted."""
+    """Over the cap the oldest events go first (down to 90% of the cap), and the eviction is counted."""
     one = len(json.dumps(event(0, 100)))
     spool = SqliteSpool(home, max_bytes=one * 3)
-    spool.put([event(n, 100) for n in range(5)])
-    assert [e["uuid"] for e in spool.take(10)] == ["uuid-2", "uuid-3", "uuid-4"]
+    spool.put([event(n, 100) for n in range(3)])
+    assert spool.status().evicted == 0  # at the cap, not over it
+    spool.put([event(n, 100) for n in range(3, 5)])
+    assert [e["uuid"] for e in spool.take(10)] == ["uuid-3", "uuid-4"]
     status = spool.status()
-    assert status.evicted == 2
-    assert status.bytes <= one * 3
+    assert status.evicted == 3
+    assert status.bytes <= one * 3 * 9 // 10
 
 
 def test_quarantine_keeps_the_event_for_inspection(home: Path) -> None:
