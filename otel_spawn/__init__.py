@@ -13,8 +13,15 @@ from otel_spawn._lifecycle import resource_connected, resource_created, resource
 from otel_spawn._scrub_processor import ScrubbingSpanProcessor
 from otel_spawn._scrubber import Scrubber, ScrubOptions
 from otel_spawn._setup import Telemetry, configure, scrub, shutdown
-from otel_spawn._spec import uninstrument
 from otel_spawn._version import __version__
+
+
+def uninstrument() -> None:
+    """Remove every wrapper a funnel spec installed; the original functions are back exactly."""
+    from otel_spawn._spec import uninstrument as remove_wrappers
+
+    remove_wrappers()
+
 
 __all__ = [
     "ConfigError",

@@ -10,6 +10,7 @@ multiprocessing's spawn/forkserver children; pass `child_environment()` to those
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import subprocess
@@ -17,43 +18,47 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import wrapt
-
 from otel_spawn._funnel import child_environment
 from otel_spawn._guard import report_internal_error
 
 _lock = threading.Lock()
-_handle: Any = None
+_original: Callable[..., None] | None = None
 _ENV_INDEX = list(inspect.signature(subprocess.Popen.__init__).parameters).index("env") - 1  # minus self
 
 
 def install_child_propagation() -> None:
-    """Wrap `subprocess.Popen.__init__` so children started inside a funnel continue it. Idempotent."""
-    global _handle
+    """Wrap `subprocess.Popen.__init__` so children started inside a funnel continue it. Idempotent.
+
+    A plain function wrapper, not wrapt: importing wrapt 2 pulls in asyncio (~45 ms of start-up
+    for every CLI run), and one method of one stdlib class needs none of its machinery.
+    """
+    global _original
     with _lock:
-        if _handle is None:
-            _handle = wrapt.wrap_function_wrapper(subprocess.Popen, "__init__", _popen_init)
+        if _original is not None:
+            return
+        original = subprocess.Popen.__init__
+
+        @functools.wraps(original)
+        def __init__(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+            try:
+                extra = child_environment()
+                if extra:
+                    args, kwargs = _with_environment(args, kwargs, extra)
+            except Exception as exc:
+                report_internal_error("child process propagation", exc)
+            original(self, *args, **kwargs)
+
+        _original = original
+        subprocess.Popen.__init__ = __init__  # type: ignore[method-assign]
 
 
 def uninstall_child_propagation() -> None:
-    """Restore the original `subprocess.Popen.__init__`. Idempotent."""
-    global _handle
+    """Restore the original `subprocess.Popen.__init__` exactly. Idempotent."""
+    global _original
     with _lock:
-        if _handle is not None:
-            wrapt.unwrap_object(subprocess.Popen, "__init__", _handle, missing_ok=True)
-            _handle = None
-
-
-def _popen_init(
-    wrapped: Callable[..., None], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> None:
-    try:
-        extra = child_environment()
-        if extra:
-            args, kwargs = _with_environment(args, kwargs, extra)
-    except Exception as exc:
-        report_internal_error("child process propagation", exc)
-    wrapped(*args, **kwargs)
+        if _original is not None:
+            subprocess.Popen.__init__ = _original  # type: ignore[method-assign]
+            _original = None
 
 
 def _with_environment(

@@ -12,13 +12,13 @@ import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from enum import Enum
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from otel_spawn._version import __version__
+
+if TYPE_CHECKING:
+    import httpx
 
 Event = dict[str, Any]
 
@@ -56,6 +56,7 @@ def parse_retry_after(value: str | None) -> float | None:
         pass
     try:
         from datetime import datetime, timezone
+        from email.utils import parsedate_to_datetime
 
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
     except (TypeError, ValueError):
@@ -87,6 +88,8 @@ class PostHogClient:
     ) -> None:
         self.url = host.rstrip("/") + "/batch/"
         self.api_key = api_key
+        import httpx  # imported when a PostHog backend is set up: 50 ms off `import otel_spawn`
+
         self._client = client or httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
         self._owns_client = client is None
         self._request_started = False  # has any byte of the current request been written?
@@ -97,6 +100,8 @@ class PostHogClient:
         if ".send_request_headers.started" in name:
             with self._lock:
                 if self._abandoned:
+                    import httpx
+
                     raise httpx.TransportError("abandoned at exit before sending")
                 self._request_started = True
 
@@ -108,6 +113,8 @@ class PostHogClient:
 
     def send(self, events: Sequence[Event], timeout: float | None = None) -> Outcome:
         """POST one batch; `timeout` (seconds) caps this request, else the client's timeout applies."""
+        import httpx
+
         body = encode_batch(self.api_key, events)
         headers = {
             "Content-Type": "application/json",

@@ -14,9 +14,8 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -27,7 +26,6 @@ from otel_spawn._children import install_child_propagation
 from otel_spawn._delivery import DeliveryStats, Sender
 from otel_spawn._errors import ConfigError
 from otel_spawn._exporters import ExportOnEnd, LocalSpanExporter, PostHogSpanExporter
-from otel_spawn._flush import spawn_flusher
 from otel_spawn._funnel import inherit_funnel, use_tracer_provider
 from otel_spawn._guard import guarded, under_pytest, warn_once
 from otel_spawn._hooks import install_exception_hooks
@@ -35,10 +33,12 @@ from otel_spawn._local import LocalStore
 from otel_spawn._posthog import PostHogClient
 from otel_spawn._scrub_processor import ScrubbingSpanProcessor
 from otel_spawn._scrubber import Scrubber, ScrubOptions, default_scrubber
-from otel_spawn._spec import instrument_spec, load_spec
 from otel_spawn._spool import SqliteSpool
 from otel_spawn._translate import EventContext
 from otel_spawn._version import __version__
+
+if TYPE_CHECKING:
+    import httpx
 
 _CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "CIRCLECI", "TF_BUILD", "JENKINS_URL")
 _REMOTE = {"posthog", "otlp"}
@@ -163,6 +163,8 @@ def posthog_exporter(
         # A batch still in flight keeps its claim: if the server got it, resending now would
         # duplicate it; if not, another sender takes it over when the lease expires.
         if not spool.degraded and not stats.auth_failed and not under_pytest() and spool.depth():
+            from otel_spawn._flush import spawn_flusher
+
             spawn_flusher(settings)
         spool.close()
 
@@ -231,7 +233,11 @@ def configure(
     }
     settings = _config.resolve(explicit)
     scrubber = Scrubber(settings.scrub)  # compiles user patterns: a bad one fails here
-    spec = load_spec(funnel_spec, settings)  # a bad funnel spec fails here
+    spec = None
+    if funnel_spec is not None or settings.funnel_spec:  # _spec is imported only for apps that use one
+        from otel_spawn._spec import load_spec
+
+        spec = load_spec(funnel_spec, settings)  # a bad funnel spec fails here
     decision = _gates.decide(enabled, settings.opt_out_env, settings.home)
     if _active is not None:
         _active.shutdown()
@@ -269,6 +275,8 @@ def configure(
     inherit_funnel(os.environ)  # a child process continues its parent's funnel
     install_child_propagation()  # ... and hands it on to its own children
     if spec is not None:
+        from otel_spawn._spec import instrument_spec
+
         instrument_spec(spec)
     if capture_exceptions:
         install_exception_hooks()
