@@ -98,6 +98,7 @@ class Sender:
     batch_size: int = 100
     interval: float = 0.2
     linger: float = 0.02  # after a wake-up, let a few more events join the batch (not when stopping)
+    start_delay: float = 0.25  # a run shorter than this never sets up HTTP in-process (see _run)
     backoff: Backoff = field(default_factory=Backoff)
     stats: DeliveryStats = field(default_factory=DeliveryStats)
 
@@ -118,6 +119,9 @@ class Sender:
         self._wake.set()
 
     def _run(self) -> None:
+        # A CLI run that ends within `start_delay` leaves its events to the exit-time flusher rather
+        # than importing httpx and loading CA certificates (~100 ms of CPU) just before it exits.
+        self._stop.wait(self.start_delay)
         idle = False
         while not self._stop.is_set():
             self._wake.wait(None if idle else max(self.interval, self._not_before - time.monotonic()))
@@ -149,13 +153,14 @@ class Sender:
 
     def _deliver(self, batch: list[Event], deadline: float | None) -> bool:
         timeout = None if deadline is None else max(0.01, deadline - time.monotonic())
-        self._in_flight = batch
+        self._in_flight = batch  # until the answer is settled in the outbox
         try:
             outcome = self.client.send(batch, timeout=timeout)
+            if outcome.verdict is Verdict.OK:
+                self.outbox.ack(batch)
         finally:
             self._in_flight = []
         if outcome.verdict is Verdict.OK:
-            self.outbox.ack(batch)
             self.stats.sent += len(batch)
             self._attempt = 0
             return True
@@ -201,7 +206,7 @@ class Sender:
         return True
 
     def shutdown(self, timeout: float) -> bool:
-        """Give the sender thread `timeout` seconds to finish, then stop. True if it finished. Idempotent.
+        """Stop; wait up to 2 x `timeout` only for a request already written. True if the thread ended.
 
         No request is started with a shortened timeout here: a healthy server that answers late
         would store a batch we then count as failed and resend (a duplicate). What is left stays in
@@ -212,13 +217,15 @@ class Sender:
         self._stop.set()
         self._wake.set()
         if self._thread is None:
-            self.client.close()
             return True
-        self._thread.join(timeout)
-        if self._thread.is_alive() and self._in_flight and self.client.abandon():
-            self.outbox.release(self._in_flight)  # it never reached the server, and now never will
-        elif self._thread.is_alive():  # written, waiting for the answer: a little longer saves a resend
-            self._thread.join(timeout)
+        self._thread.join(0.005)
+        in_flight = self._in_flight
+        if not self._thread.is_alive() or not in_flight:  # idle, backing off, or still setting up
+            return not self._thread.is_alive()
+        if self.client.abandon():  # it never reached the server, and now never will
+            self.outbox.release(in_flight)
+            return False
+        self._thread.join(2 * timeout)  # written: waiting for the answer (and its ack) saves a resend
         return not self._thread.is_alive()
 
 

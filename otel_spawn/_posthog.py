@@ -76,7 +76,11 @@ def classify(status: int, retry_after: str | None = None, detail: str = "") -> O
 
 
 class PostHogClient:
-    """Sends one batch and classifies the answer; never raises."""
+    """Sends one batch and classifies the answer; never raises.
+
+    The httpx client (and with it the import of httpx and, for https, loading the CA bundle: ~100 ms)
+    is made on the first send, which happens on the sender thread, not in `configure()`.
+    """
 
     def __init__(
         self,
@@ -88,9 +92,8 @@ class PostHogClient:
     ) -> None:
         self.url = host.rstrip("/") + "/batch/"
         self.api_key = api_key
-        import httpx  # imported when a PostHog backend is set up: 50 ms off `import otel_spawn`
-
-        self._client = client or httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+        self.timeout = timeout
+        self._client = client
         self._owns_client = client is None
         self._request_started = False  # has any byte of the current request been written?
         self._abandoned = False
@@ -104,6 +107,15 @@ class PostHogClient:
 
                     raise httpx.TransportError("abandoned at exit before sending")
                 self._request_started = True
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                import httpx
+
+                timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 3.0))
+                self._client = httpx.Client(timeout=timeout, verify=self.url.startswith("https:"))
+            return self._client
 
     def abandon(self) -> bool:
         """Forbid the current request from starting; True if no byte of it was written (safe to resend)."""
@@ -123,7 +135,7 @@ class PostHogClient:
         }
         self._request_started = False
         try:
-            response = self._client.post(
+            response = self._http().post(
                 self.url,
                 content=body,
                 headers=headers,
@@ -135,5 +147,5 @@ class PostHogClient:
         return classify(response.status_code, response.headers.get("Retry-After"), response.text[:200])
 
     def close(self) -> None:
-        if self._owns_client:
+        if self._owns_client and self._client is not None:
             self._client.close()

@@ -11,6 +11,7 @@ import platform
 import sqlite3
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 _CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "CIRCLECI", "TF_BUILD", "JENKINS_URL")
 _REMOTE = {"posthog", "otlp"}
+DEGRADED_EXIT_SECONDS = 0.5  # with no usable disk, how long exit may try to deliver what is in memory
 
 
 @dataclass
@@ -162,7 +164,13 @@ def posthog_exporter(
     def after_shutdown() -> None:
         # A batch still in flight keeps its claim: if the server got it, resending now would
         # duplicate it; if not, another sender takes it over when the lease expires.
-        if not spool.degraded and not stats.auth_failed and not under_pytest() and spool.depth():
+        if spool.degraded and spool.depth():  # in memory only: this is their last chance (bounded)
+            sender.flush(time.monotonic() + DEGRADED_EXIT_SECONDS)
+            sender.client.close()
+        # Leftovers of a healthy endpoint go to a background flusher; during an outage (this run
+        # failed to deliver) they wait in the spool for the next run or `otel-spawn flush`.
+        healthy = stats.last_error is None
+        if healthy and not spool.degraded and not under_pytest() and spool.depth():
             from otel_spawn._flush import spawn_flusher
 
             spawn_flusher(settings)

@@ -53,6 +53,14 @@ def _reset() -> Iterator[None]:
     uninstrument()
 
 
+def finish() -> None:
+    """Deliver everything now (a test cannot wait for the exit-time flusher), then shut down."""
+    telemetry = otel_spawn._setup.active()
+    assert telemetry is not None
+    assert telemetry.force_flush(10_000)
+    otel_spawn.shutdown()
+
+
 def run_demo(**kwargs: Any) -> None:
     # Through the module attribute: the spec's wrapper is installed there by configure().
     orchestrate.launch(
@@ -76,7 +84,7 @@ def test_demo_events_arrive_in_order_with_whole_payload(capture_server: CaptureS
     """A demo launch delivers every funnel event, in order, with the documented envelope and properties."""
     telemetry = posthog(capture_server, enabled=True)
     run_demo()
-    otel_spawn.shutdown()
+    finish()
     events = capture_server.events
     assert [e["event"] for e in events] == STEPS
     vm_ready = next(e for e in events if e["event"] == "funnel_vm_ready")
@@ -108,7 +116,7 @@ def test_elapsed_ms_is_consistent_and_uuids_unique(capture_server: CaptureServer
     """elapsed_ms never decreases, ends near the sum of step durations, and every uuid is unique."""
     posthog(capture_server, enabled=True)
     run_demo()
-    otel_spawn.shutdown()
+    finish()
     steps = [e for e in capture_server.events if e["event"].startswith("funnel_")]
     elapsed = [e["properties"]["elapsed_ms"] for e in steps]
     assert elapsed == sorted(elapsed)
@@ -123,7 +131,7 @@ def test_distinct_id_is_stable_across_runs(capture_server: CaptureServer) -> Non
     for _ in range(2):
         posthog(capture_server, enabled=True)
         run_demo()
-        otel_spawn.shutdown()
+        finish()
     events = capture_server.events
     assert len({e["distinct_id"] for e in events}) == 1
     assert len({e["properties"]["funnel_id"] for e in events}) == 2
@@ -134,7 +142,7 @@ def test_failure_sends_exception_and_funnel_failed(capture_server: CaptureServer
     posthog(capture_server, enabled=True)
     with pytest.raises(SpawnError):
         run_demo(fail_at="vm_ready", fail_message="quota exceeded")
-    otel_spawn.shutdown()
+    finish()
     names = [e["event"] for e in capture_server.events]
     assert names[-4:] == ["funnel_cloud_authed", "funnel_credentials_ready", "$exception", "funnel_failed"]
     failed = capture_server.events[-1]["properties"]
@@ -166,7 +174,7 @@ def test_every_opt_out_sends_nothing_and_writes_nothing(
     telemetry = posthog(capture_server)
     assert not telemetry.enabled
     run_demo()
-    otel_spawn.shutdown()
+    finish()
     assert capture_server.requests == []
     assert list(state_home.iterdir()) == []
 
@@ -176,7 +184,7 @@ def test_otlp_receives_the_trace(otlp_receiver: OtlpReceiver, monkeypatch: pytes
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{otlp_receiver.url}/v1/traces")
     otel_spawn.configure(app="spawn", exporters="otlp", enabled=True, funnel_spec=SPEC_PATH)
     run_demo()
-    otel_spawn.shutdown()
+    finish()
     spans = {s.name: s for s in otlp_receiver.spans}
     root = spans["spawn"]
     assert root.parent_span_id == ""
@@ -198,7 +206,7 @@ def test_posthog_and_otlp_together(
     monkeypatch.setenv("OTEL_EXPORTER_POSTHOG_API_KEY", "phc_env")
     otel_spawn.configure(app="spawn", enabled=True, funnel_spec=SPEC_PATH)
     run_demo()
-    otel_spawn.shutdown()
+    finish()
     assert [e["event"] for e in capture_server.events] == STEPS
     assert {s.name for s in otlp_receiver.spans} >= {"spawn", "vm_ready", "handoff"}
     trace_ids = {s.trace_id for s in otlp_receiver.spans}
