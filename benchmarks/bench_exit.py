@@ -61,15 +61,7 @@ PEER_LABELS = {
     "posthog-atexit": "posthog SDK, atexit only",
     "otlp": "OTLP exporter + BSP",
 }
-DEMO_STEPS = (
-    "cloud_authed",
-    "credentials_ready",
-    "vm_ready",
-    "install_completed",
-    "configure_completed",
-    "prelaunch_completed",
-    "handoff",
-)
+from otel_spawn._cli import DEMO_STEPS  # noqa: E402
 
 
 class Endpoint:

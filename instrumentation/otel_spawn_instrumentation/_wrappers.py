@@ -215,6 +215,21 @@ def step_wrapper(
     return wrapper
 
 
+def _send(name: str, properties: dict[str, Any], *, context: bool, lifecycle: str | None) -> None:
+    """Track event `name`, or (with `lifecycle`) update resource `properties["id"]` of kind `name`."""
+    if context:
+        for key, value in properties.items():
+            set_context(key, value)
+    if lifecycle is None:
+        track(name, **properties)
+    elif "id" in properties:
+        resource_id = str(properties.pop("id"))
+        if lifecycle == "created":
+            resource_created(name, resource_id, **properties)
+        else:
+            (resource_connected if lifecycle == "connected" else resource_deleted)(name, resource_id)
+
+
 def event_wrapper(
     name: str,
     values: Values,
@@ -238,17 +253,7 @@ def event_wrapper(
                 if passed is MISSING or not passed:
                     return
             properties = {k: v for k, g in values if (v := g(instance, args, kwargs, result)) is not MISSING}
-            if context:
-                for key, value in properties.items():
-                    set_context(key, value)
-            if lifecycle is None:
-                track(name, **properties)
-            elif "id" in properties:
-                resource_id = str(properties.pop("id"))
-                if lifecycle == "created":
-                    resource_created(name, resource_id, **properties)
-                else:
-                    (resource_connected if lifecycle == "connected" else resource_deleted)(name, resource_id)
+            _send(name, properties, context=context, lifecycle=lifecycle)
         except Exception as exc:
             report_internal_error(where, exc)
 
@@ -280,17 +285,7 @@ def event_wrapper(
                 value = result if get is result_of else get(instance, args, kwargs, result)
                 if value is not MISSING:
                     properties[key] = value
-            if context:
-                for key, value in properties.items():
-                    set_context(key, value)
-            if lifecycle is None:
-                track(name, **properties)
-            elif "id" in properties:
-                resource_id = str(properties.pop("id"))
-                if lifecycle == "created":
-                    resource_created(name, resource_id, **properties)
-                else:
-                    (resource_connected if lifecycle == "connected" else resource_deleted)(name, resource_id)
+            _send(name, properties, context=context, lifecycle=lifecycle)
         except Exception as exc:
             report_internal_error(where, exc)
         return result
