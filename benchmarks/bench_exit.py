@@ -47,6 +47,8 @@ from benchlib import API_KEY, BENCH_DIR, HOST, Row, clean_env, median, progress,
 from benchlib import table as render_table
 from capture_fast import ServerProcess
 
+from otel_spawn._cli import DEMO_STEPS
+
 REPEATS = 10  # otel-spawn runs per endpoint, and telemetry-off runs
 PEER_REPEATS = 3  # peer runs per endpoint (each takes seconds to a minute)
 PEER_OFF_REPEATS = 5  # peer runs with telemetry off
@@ -61,7 +63,6 @@ PEER_LABELS = {
     "posthog-atexit": "posthog SDK, atexit only",
     "otlp": "OTLP exporter + BSP",
 }
-from otel_spawn._cli import DEMO_STEPS  # noqa: E402
 
 
 class Endpoint:
