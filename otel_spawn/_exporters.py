@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_spawn._delivery import Outbox, Sender
 from otel_spawn._guard import guarded
@@ -15,8 +15,21 @@ from otel_spawn._posthog import Event
 from otel_spawn._translate import EventContext, translate
 
 
-class ExportOnEnd(SimpleSpanProcessor):
-    """SimpleSpanProcessor whose force_flush reaches the exporter (the SDK's returns True at once)."""
+class ExportOnEnd(SpanProcessor):
+    """Export each span as it ends, on the ending thread (the exporters here are cheap and guarded).
+
+    Like the SDK's SimpleSpanProcessor without its per-span metrics and context switch (~10 us of a
+    step), and with a force_flush that reaches the exporter (the SDK's returns True at once).
+    """
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.span_exporter = exporter
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.span_exporter.export((span,))
+
+    def shutdown(self) -> None:
+        self.span_exporter.shutdown()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self.span_exporter.force_flush(timeout_millis)
