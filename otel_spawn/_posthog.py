@@ -20,7 +20,9 @@ from otel_spawn._version import __version__
 if TYPE_CHECKING:
     import httpx
 
-Event = dict[str, Any]
+Event = dict[
+    str, Any
+]  # one PostHog event as sent in a batch: event, distinct_id, timestamp, uuid, properties
 
 
 class Verdict(Enum):

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from otel_spawn._errors import ConfigError
+from otel_spawn._posthog import Event
 
-Event = dict[str, Any]
 JSON_SCHEMA = "otel-spawn.funnel/1"
 NONE_VALUE = "(none)"
 OTHER_VALUE = "(other)"

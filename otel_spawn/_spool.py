@@ -66,8 +66,6 @@ class SpoolStatus:
 class SqliteSpool:
     """A durable, multi-process `Outbox`; falls back to memory when the disk fails."""
 
-    durable = True
-
     def __init__(
         self, home: Path, *, max_bytes: int = DEFAULT_SPOOL_BYTES, lease: float = LEASE_SECONDS
     ) -> None:

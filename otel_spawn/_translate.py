@@ -17,8 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.util.types import Attributes
 
 from otel_spawn import _constants as c
-
-Event = dict[str, Any]
+from otel_spawn._posthog import Event
 
 _UUID_NAMESPACE = uuid.UUID("6f1b1b5e-2c1f-4d0e-9a53-0e1f5a7c9d21")
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]*)", line (?P<line>\d+), in (?P<func>.*)$', re.MULTILINE)
