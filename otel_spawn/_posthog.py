@@ -149,5 +149,8 @@ class PostHogClient:
         return classify(response.status_code, response.headers.get("Retry-After"), response.text[:200])
 
     def close(self) -> None:
-        if self._owns_client and self._client is not None:
-            self._client.close()
+        """Close the connections; a later send opens new ones (exit may still flush after a close)."""
+        with self._lock:
+            if self._owns_client and self._client is not None:
+                self._client.close()
+                self._client = None

@@ -207,3 +207,13 @@ def test_memory_outbox_evicts_oldest_and_counts() -> None:
     outbox.put([event("a", n) for n in range(5)])
     assert [e["uuid"] for e in outbox.take(10)] == ["u-a-2", "u-a-3", "u-a-4"]
     assert outbox.stats.evicted == 2
+
+
+def test_client_sends_again_after_close() -> None:
+    """close() releases the connections; a later send opens a new client instead of failing."""
+    client = PostHogClient(host="http://127.0.0.1:9", api_key="phc_x", timeout=0.5)
+    client.close()
+    assert client.send([event("a")]).verdict is Verdict.RETRY  # refused: a network error, not a crash
+    client.close()
+    assert client.send([event("a")]).verdict is Verdict.RETRY
+    client.close()

@@ -270,13 +270,15 @@ def test_unusable_state_dir_costs_one_warning(capture_server: CaptureServer, tmp
 
 
 def test_corrupt_spool_is_recreated_and_run_succeeds(home: Path, capture_server: CaptureServer) -> None:
-    """A corrupt spool file is moved aside; the run delivers its events."""
+    """A corrupt spool file is moved aside; the run's events are delivered (in-process or by the flusher)."""
     home.mkdir(parents=True, exist_ok=True)
     (home / SPOOL_DB).write_bytes(b"garbage" * 1000)
-    result = run(demo(), env_for(capture_server.url, home))
+    result = run(demo(), env_for(capture_server.url, home, OTEL_SPAWN_FLUSHER_SECONDS="10"))
     assert result.returncode == 0
     assert "moved it to" in result.stderr
-    assert capture_server.wait_for_events(DEMO_EVENTS, timeout=10)
+    assert capture_server.wait_for_events(DEMO_EVENTS, timeout=15)
+    wait_until_no_flusher(home)
+    assert len(set(map(str, capture_server.uuids()))) == len(capture_server.uuids()) == DEMO_EVENTS
 
 
 def test_disable_deletes_unsent_and_status_reports_spool(home: Path) -> None:
