@@ -222,7 +222,7 @@ class Sender:
         in_flight = self._in_flight
         if not self._thread.is_alive() or not in_flight:  # idle, backing off, or still setting up
             return not self._thread.is_alive()
-        if self.client.abandon():  # it never reached the server, and now never will
+        if self.client.abandon(in_flight):  # it never reached the server, and now never will
             self.outbox.release(in_flight)
             return False
         self._thread.join(2 * timeout)  # written: waiting for the answer (and its ack) saves a resend

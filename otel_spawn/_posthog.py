@@ -7,6 +7,7 @@ it a resend of the same events is byte-identical (gzip mtime is pinned to 0).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import threading
@@ -97,18 +98,18 @@ class PostHogClient:
         self.timeout = timeout
         self._client = client
         self._owns_client = client is None
-        self._request_started = False  # has any byte of the current request been written?
-        self._abandoned = False
+        self._started: object = None  # the batch whose request has begun writing
+        self._abandoned: object = None  # the batch that must not be written any more
         self._lock = threading.Lock()
 
-    def _trace(self, name: str, info: dict[str, Any]) -> None:
+    def _trace(self, batch: object, name: str, info: dict[str, Any]) -> None:
         if ".send_request_headers.started" in name:
             with self._lock:
-                if self._abandoned:
+                if self._abandoned is batch:
                     import httpx
 
                     raise httpx.TransportError("abandoned at exit before sending")
-                self._request_started = True
+                self._started = batch
 
     def _http(self) -> httpx.Client:
         with self._lock:
@@ -119,11 +120,16 @@ class PostHogClient:
                 self._client = httpx.Client(timeout=timeout, verify=self.url.startswith("https:"))
             return self._client
 
-    def abandon(self) -> bool:
-        """Forbid the current request from starting; True if no byte of it was written (safe to resend)."""
+    def abandon(self, batch: Sequence[Event]) -> bool:
+        """Forbid `batch` from being written; True if no byte of it was (so it is safe to resend).
+
+        Scoped to that batch: a later send (an exit-time flush) is not affected.
+        """
         with self._lock:
-            self._abandoned = True
-            return not self._request_started
+            if self._started is batch:
+                return False
+            self._abandoned = batch
+            return True
 
     def send(self, events: Sequence[Event], timeout: float | None = None) -> Outcome:
         """POST one batch; `timeout` (seconds) caps this request, else the client's timeout applies."""
@@ -135,14 +141,13 @@ class PostHogClient:
             "Content-Encoding": "gzip",
             "User-Agent": f"otel-spawn/{__version__}",
         }
-        self._request_started = False
         try:
             response = self._http().post(
                 self.url,
                 content=body,
                 headers=headers,
                 timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else httpx.Timeout(timeout),
-                extensions={"trace": self._trace},
+                extensions={"trace": functools.partial(self._trace, events)},
             )
         except httpx.HTTPError as exc:
             return Outcome(Verdict.RETRY, None, None, f"{type(exc).__name__}: {exc}")

@@ -25,6 +25,7 @@ import otel_spawn
 from otel_spawn._config import resolve
 from otel_spawn._flush import FLUSH_LOCK, flush
 from otel_spawn._local import LocalStore
+from otel_spawn._posthog import PostHogClient, Verdict
 from otel_spawn._spool import SPOOL_DB, SqliteSpool
 
 DEMO_EVENTS = 14  # funnel_started + 6 picker events + 7 steps
@@ -293,3 +294,16 @@ def test_disable_deletes_unsent_and_status_reports_spool(home: Path) -> None:
     disabled = run([*cli, "disable"], env).stdout
     assert f"deleted {DEMO_EVENTS} unsent event(s)" in disabled
     assert spooled(home) == []
+
+
+def test_abandon_is_scoped_to_one_batch(capture_server: CaptureServer) -> None:
+    """An abandoned batch is never written; another batch (an exit-time flush) still goes out."""
+    client = PostHogClient(host=capture_server.url, api_key="phc_x")
+    doomed = [{"event": "e", "distinct_id": "d", "uuid": "u-doomed", "properties": {}}]
+    later = [{"event": "e", "distinct_id": "d", "uuid": "u-later", "properties": {}}]
+    assert client.abandon(doomed) is True
+    assert client.send(doomed).verdict is Verdict.RETRY
+    assert client.send(later).verdict is Verdict.OK
+    assert client.abandon(later) is False  # its bytes were written: not safe to resend
+    assert capture_server.uuids() == ["u-later"]
+    client.close()
