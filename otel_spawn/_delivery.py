@@ -16,15 +16,18 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from otel_spawn._guard import logger, warn_once
-from otel_spawn._posthog import Event, Outcome, PostHogClient, Verdict
+from otel_spawn._posthog import Event, Outcome, Outgoing, PostHogClient, Verdict
+from otel_spawn._translate import EventContext, SpanRecord, translate_record
 
 
 class Outbox(Protocol):
+    def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None: ...  # host thread
+    def ingest(self) -> None: ...  # make what put_records wrote ready to take (the sender's thread)
     def put(self, events: Sequence[Event]) -> None: ...
-    def take(self, limit: int) -> list[Event]: ...  # claim the oldest unsent events
-    def ack(self, events: Sequence[Event]) -> None: ...  # delivered: forget them
-    def release(self, events: Sequence[Event]) -> None: ...  # not delivered: offer again later
-    def quarantine(self, events: Sequence[Event], reason: str) -> None: ...  # refused by the server
+    def take(self, limit: int) -> list[Outgoing]: ...  # claim the oldest unsent events
+    def ack(self, events: Sequence[Outgoing]) -> None: ...  # delivered: forget them
+    def release(self, events: Sequence[Outgoing]) -> None: ...  # not delivered: offer again later
+    def quarantine(self, events: Sequence[Outgoing], reason: str) -> None: ...  # refused by the server
     def depth(self) -> int: ...
     def note_error(self, message: str) -> None: ...  # the last delivery error, for `otel-spawn status`
 
@@ -43,31 +46,38 @@ class MemoryOutbox:
     """A bounded in-memory outbox: when full, the oldest event is evicted (and counted)."""
 
     def __init__(self, *, capacity: int = 10_000, stats: DeliveryStats | None = None) -> None:
-        self._queue: deque[Event] = deque()
+        self._queue: deque[Outgoing] = deque()
         self._capacity = capacity
         self._lock = threading.Lock()
         self.stats = stats or DeliveryStats()
-        self.quarantined: list[tuple[Event, str]] = []
+        self.quarantined: list[tuple[Outgoing, str]] = []
+
+    def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None:
+        self.put([event for record in records for event in translate_record(record, context)])
+
+    def ingest(self) -> None:
+        pass
 
     def put(self, events: Sequence[Event]) -> None:
+        encoded = [Outgoing.of(event) for event in events]
         with self._lock:
-            self._queue.extend(events)
+            self._queue.extend(encoded)
             while len(self._queue) > self._capacity:
                 self._queue.popleft()
                 self.stats.evicted += 1
 
-    def take(self, limit: int) -> list[Event]:
+    def take(self, limit: int) -> list[Outgoing]:
         with self._lock:
             return [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
 
-    def ack(self, events: Sequence[Event]) -> None:
+    def ack(self, events: Sequence[Outgoing]) -> None:
         pass
 
-    def release(self, events: Sequence[Event]) -> None:
+    def release(self, events: Sequence[Outgoing]) -> None:
         with self._lock:
             self._queue.extendleft(reversed(events))
 
-    def quarantine(self, events: Sequence[Event], reason: str) -> None:
+    def quarantine(self, events: Sequence[Outgoing], reason: str) -> None:
         self.quarantined.extend((event, reason) for event in events)
 
     def depth(self) -> int:
@@ -95,7 +105,8 @@ class Sender:
 
     outbox: Outbox
     client: PostHogClient
-    batch_size: int = 100
+    batch_size: int = 500
+    max_batch_bytes: int = 4 << 20  # PostHog takes up to 20 MiB per request
     interval: float = 0.2
     linger: float = 0.02  # after a wake-up, let a few more events join the batch (not when stopping)
     start_delay: float = 0.25  # a run shorter than this never sets up HTTP in-process (see _run)
@@ -107,12 +118,16 @@ class Sender:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one delivery loop at a time
         self._thread: threading.Thread | None = None
+        self._notified = False  # a wake-up is pending: further notify() calls cost nothing
         self._attempt = 0
         self._not_before = 0.0
-        self._in_flight: list[Event] = []
+        self._in_flight: list[Outgoing] = []
 
     def notify(self) -> None:
-        """Events are waiting: start the thread if needed and wake it."""
+        """Events are waiting: start the thread if needed and wake it (once per round, not per event)."""
+        if self._notified:
+            return
+        self._notified = True
         if self._thread is None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._run, name="otel-spawn-sender", daemon=True)
             self._thread.start()
@@ -127,6 +142,7 @@ class Sender:
             self._wake.wait(None if idle else max(self.interval, self._not_before - time.monotonic()))
             self._stop.wait(self.linger)
             self._wake.clear()
+            self._notified = False  # after clear(): a notify() from now on sets the event again
             try:
                 idle = self.drain(deadline=None) or self.stats.auth_failed
             except Exception as exc:  # never let the thread die silently
@@ -139,10 +155,11 @@ class Sender:
         if not self._lock.acquire(timeout=wait):
             return False
         try:
+            self.outbox.ingest()  # also while backing off: the journal must not grow during an outage
             while not self.stats.auth_failed and time.monotonic() >= self._not_before:
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
-                batch = self.outbox.take(self.batch_size)
+                batch = self._within_bytes(self.outbox.take(self.batch_size))
                 if not batch:
                     return True
                 if not self._deliver(batch, deadline):
@@ -151,7 +168,17 @@ class Sender:
         finally:
             self._lock.release()
 
-    def _deliver(self, batch: list[Event], deadline: float | None) -> bool:
+    def _within_bytes(self, batch: list[Outgoing]) -> list[Outgoing]:
+        """The head of `batch` that fits max_batch_bytes (at least one event); the rest goes back."""
+        total = 0
+        for n, event in enumerate(batch):
+            total += len(event.body)
+            if total > self.max_batch_bytes and n:
+                self.outbox.release(batch[n:])
+                return batch[:n]
+        return batch
+
+    def _deliver(self, batch: list[Outgoing], deadline: float | None) -> bool:
         timeout = None if deadline is None else max(0.01, deadline - time.monotonic())
         self._in_flight = batch  # until the answer is settled in the outbox
         try:

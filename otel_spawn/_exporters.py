@@ -12,7 +12,7 @@ from otel_spawn._delivery import Outbox, Sender
 from otel_spawn._guard import guarded
 from otel_spawn._local import LocalStore
 from otel_spawn._posthog import Event
-from otel_spawn._translate import EventContext, translate
+from otel_spawn._translate import EventContext, span_record, translate
 
 
 class ExportOnEnd(SpanProcessor):
@@ -40,9 +40,10 @@ def translate_all(spans: Sequence[ReadableSpan], ctx: EventContext) -> list[Even
 
 
 class PostHogSpanExporter(SpanExporter):
-    """Translates finished spans into PostHog events and hands them to the outbox; a sender delivers.
+    """Hands the records of finished funnel spans to the outbox; a sender translates and delivers.
 
-    `export` runs on the host's thread and only writes to the outbox. At shutdown the sender gets
+    `export` runs on the host's thread and only writes to the outbox (the spool: one journal append).
+    At shutdown the sender gets
     `exit_timeout` seconds; then `after_shutdown` runs (the spool hands leftovers to a background flusher).
     """
 
@@ -63,9 +64,9 @@ class PostHogSpanExporter(SpanExporter):
 
     @guarded("posthog exporter", SpanExportResult.FAILURE)
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        events = translate_all(spans, self.context)
-        if events:
-            self.outbox.put(events)
+        records = [record for span in spans if (record := span_record(span)) is not None]
+        if records:
+            self.outbox.put_records(records, self.context)
             self.sender.notify()
         return SpanExportResult.SUCCESS
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from otel_spawn._version import __version__
 
@@ -24,6 +24,19 @@ if TYPE_CHECKING:
 Event = dict[
     str, Any
 ]  # one PostHog event as sent in a batch: event, distinct_id, timestamp, uuid, properties
+
+encode_json = json.JSONEncoder(separators=(",", ":")).encode  # compact; one encoder, not one per call
+
+
+class Outgoing(NamedTuple):
+    """An event on its way out: encoded once, when it is spooled, and sent as these exact bytes."""
+
+    uuid: str
+    body: str  # the event's JSON
+
+    @classmethod
+    def of(cls, event: Event) -> Outgoing:
+        return cls(event["uuid"], encode_json(event))
 
 
 class Verdict(Enum):
@@ -43,10 +56,11 @@ class Outcome:
     detail: str = ""
 
 
-def encode_batch(api_key: str, events: Sequence[Event]) -> bytes:
-    """The gzip body of `POST /batch/`: deterministic, so a resend is byte-identical."""
-    body = json.dumps({"api_key": api_key, "batch": list(events)}, separators=(",", ":"), default=str)
-    return gzip.compress(body.encode("utf-8"), mtime=0)
+def encode_batch(api_key: str, events: Sequence[Outgoing]) -> bytes:
+    """The gzip body of `POST /batch/`: deterministic, so a resend is byte-identical. Level 1: a
+    third of level 6's CPU time for a body ~10% larger (JSON events compress ~16x either way)."""
+    body = f'{{"api_key":{encode_json(api_key)},"batch":[{",".join([e.body for e in events])}]}}'
+    return gzip.compress(body.encode("utf-8"), compresslevel=1, mtime=0)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -120,7 +134,7 @@ class PostHogClient:
                 self._client = httpx.Client(timeout=timeout, verify=self.url.startswith("https:"))
             return self._client
 
-    def abandon(self, batch: Sequence[Event]) -> bool:
+    def abandon(self, batch: Sequence[Outgoing]) -> bool:
         """Forbid `batch` from being written; True if no byte of it was (so it is safe to resend).
 
         Scoped to that batch: a later send (an exit-time flush) is not affected.
@@ -131,7 +145,7 @@ class PostHogClient:
             self._abandoned = batch
             return True
 
-    def send(self, events: Sequence[Event], timeout: float | None = None) -> Outcome:
+    def send(self, events: Sequence[Outgoing], timeout: float | None = None) -> Outcome:
         """POST one batch; `timeout` (seconds) caps this request, else the client's timeout applies."""
         import httpx
 

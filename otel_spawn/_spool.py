@@ -1,4 +1,9 @@
-"""The durable spool: product events in SQLite from the moment their step completes until PostHog acks them.
+"""The durable spool: product events kept from the moment their step completes until PostHog acks them.
+
+When a step ends its scrubbed span record is appended to this process's journal (see _journal.py:
+one write, survives SIGKILL); the sender thread folds the journal into SQLite, translated into
+events, every few tens of milliseconds and at exit. Where flock is missing (Windows) or the
+journal cannot be written, events go straight into SQLite.
 
 Several processes of one app share the spool. A sender *claims* a batch (a lease of LEASE_SECONDS)
 so no two processes send the same events at once; it deletes only what PostHog acknowledged. A
@@ -24,11 +29,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from otel_spawn import _sqlite
+from otel_spawn import _journal, _sqlite
 from otel_spawn._config import DEFAULT_SPOOL_BYTES
 from otel_spawn._delivery import MemoryOutbox
 from otel_spawn._guard import warn_once
-from otel_spawn._posthog import Event
+from otel_spawn._posthog import Event, Outgoing, encode_json
+from otel_spawn._translate import EventContext, SpanRecord, encode_record, translate_record
 
 SPOOL_DB = "spool.sqlite3"
 LEASE_SECONDS = 30.0
@@ -49,6 +55,8 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 INSERT OR IGNORE INTO counters VALUES ('sent', 0), ('evicted', 0), ('quarantined', 0);
 """
+_INSERT = "INSERT OR IGNORE INTO events (uuid, body, size, created) VALUES (?, ?, ?, ?)"
+_JOURNAL_KEY = "journal:"  # meta key prefix: how many bytes of a journal file are folded in
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,10 @@ class SqliteSpool:
         self._lock = threading.Lock()
         self._memory = MemoryOutbox()
         self._db: sqlite3.Connection | None = None
+        self._journal = _journal.Journal(home, self.owner) if _journal.AVAILABLE else None
+        self._header: tuple[EventContext, bytes] | None = None
+        self._contexts: dict[str, EventContext] = {}  # journal name -> its header
+        self._orphans_folded = False
         try:
             self._db = _open(self.path)
         except (sqlite3.Error, OSError) as exc:
@@ -89,23 +101,56 @@ class SqliteSpool:
 
     # --- the Outbox protocol -----------------------------------------------------------------
 
+    def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None:
+        """On the host's thread: journal the records (one write), or store their events directly."""
+        journal = self._journal
+        if journal is not None and self._db is not None:
+            try:
+                journal.append(
+                    "".join([encode_json(r) + "\n" for r in records]).encode(), self._header_of(context)
+                )
+                return
+            except OSError as exc:
+                warn_once(
+                    "journal", "otel-spawn: cannot write the spool journal (%s); writing SQLite directly", exc
+                )
+                self._journal = None
+        self.put([event for record in records for event in translate_record(record, context)])
+
     def put(self, events: Sequence[Event]) -> None:
-        rows = [(e["uuid"], body, len(body), time.time()) for e in events for body in [json.dumps(e)]]
-        insert = "INSERT OR IGNORE INTO events (uuid, body, size, created) VALUES (?, ?, ?, ?)"
         try:  # one commit per put; a re-exported event (same uuid) is stored once
-            with self._transaction() if len(rows) > 1 else self._read() as db:
-                db.executemany(insert, rows)
-            self._bytes_estimate += sum(row[2] for row in rows)
-            if self._bytes_estimate > self.max_bytes:
-                with self._transaction() as db:
-                    self._evict(db)
+            with self._transaction() as db:
+                self._insert(db, [Outgoing.of(event) for event in events])
         except _Degraded:
             self._memory.put(events)
         except sqlite3.Error as exc:
             self._degrade("write", exc)
             self._memory.put(events)
 
-    def take(self, limit: int) -> list[Event]:
+    def ingest(self) -> None:
+        """Fold journals into SQLite: this process's new lines, and (once) those of dead processes."""
+        if self._journal is None and self._orphans_folded:
+            return
+        with self._lock:
+            db = self._db
+            if db is None:
+                return
+            try:
+                journal = self._journal
+                if journal is not None and journal.fd is not None:
+                    journal.offset = self._fold(db, journal.name, journal.fd, journal.offset)
+                    self._forget(db, journal.retire())
+                if not self._orphans_folded:
+                    self._orphans_folded = True
+                    for name, fd in _journal.orphans(self.path.parent):
+                        self._fold(db, name, fd, None)
+                        os.unlink(self.path.parent / name)
+                        self._forget(db, name)
+            except (sqlite3.Error, OSError, ValueError) as exc:
+                warn_once("fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc)
+
+    def take(self, limit: int) -> list[Outgoing]:
+        self.ingest()
         taken = self._memory.take(limit)
         if len(taken) >= limit:
             return taken
@@ -113,40 +158,38 @@ class SqliteSpool:
         try:
             with self._transaction() as db:
                 rows = db.execute(
-                    "SELECT id, body FROM events WHERE claimed_until IS NULL OR claimed_until < ? "
-                    "ORDER BY id LIMIT ?",
-                    (now, limit - len(taken)),
+                    "UPDATE events SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM events"
+                    " WHERE claimed_until IS NULL OR claimed_until < ? ORDER BY id LIMIT ?)"
+                    " RETURNING id, uuid, body",
+                    (self.owner, now + self.lease, now, limit - len(taken)),
                 ).fetchall()
-                db.executemany(
-                    "UPDATE events SET claimed_by = ?, claimed_until = ? WHERE id = ?",
-                    [(self.owner, now + self.lease, row[0]) for row in rows],
-                )
         except (_Degraded, sqlite3.Error):
             return taken
-        return taken + [json.loads(body) for _, body in rows]
+        return taken + [Outgoing(uuid, body) for _, uuid, body in sorted(rows)]
 
-    def ack(self, events: Sequence[Event]) -> None:
+    def ack(self, events: Sequence[Outgoing]) -> None:
         self._settle(events, "sent")
 
-    def release(self, events: Sequence[Event]) -> None:
+    def release(self, events: Sequence[Outgoing]) -> None:
         with contextlib.suppress(_Degraded, sqlite3.Error), self._transaction() as db:
             db.executemany(
                 "UPDATE events SET claimed_by = NULL, claimed_until = NULL WHERE uuid = ? AND claimed_by = ?",
-                [(e["uuid"], self.owner) for e in events],
+                [(e.uuid, self.owner) for e in events],
             )
         spooled = self._uuids_in_db(events)
-        self._memory.release([e for e in events if e["uuid"] not in spooled])
+        self._memory.release([e for e in events if e.uuid not in spooled])
 
-    def quarantine(self, events: Sequence[Event], reason: str) -> None:
+    def quarantine(self, events: Sequence[Outgoing], reason: str) -> None:
         with contextlib.suppress(_Degraded, sqlite3.Error), self._transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)",
-                [(e["uuid"], json.dumps(e), reason, time.time()) for e in events],
+                [(e.uuid, e.body, reason, time.time()) for e in events],
             )
         self._settle(events, "quarantined")
         self.note_error(reason)
 
     def depth(self) -> int:
+        self.ingest()
         try:
             with self._read() as db:
                 return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0]) + self._memory.depth()
@@ -183,6 +226,7 @@ class SqliteSpool:
 
     def clear(self) -> int:
         """Delete every unsent event (opt-out); returns how many."""
+        self.ingest()
         dropped = self._memory.depth()
         self._memory.take(dropped)
         try:
@@ -193,6 +237,7 @@ class SqliteSpool:
         return dropped
 
     def status(self) -> SpoolStatus:
+        self.ingest()
         with self._read() as db:
             depth, oldest, size = db.execute(
                 "SELECT COUNT(*), MIN(created), COALESCE(SUM(size), 0) FROM events"
@@ -211,18 +256,79 @@ class SqliteSpool:
         )
 
     def close(self) -> None:
+        """Fold and remove this process's journal (if it cannot be, a later process folds it)."""
+        self.ingest()
         with self._lock:
             if self._db is not None:
+                with contextlib.suppress(sqlite3.Error, OSError):
+                    self._forget(self._db, self._journal.retire(force=True) if self._journal else None)
                 self._db.close()
                 self._db = None
 
     # --- internals -------------------------------------------------------------------------------
 
-    def _settle(self, events: Sequence[Event], counter: str) -> None:
+    def _header_of(self, context: EventContext) -> bytes:
+        if self._header is None or self._header[0] is not context:
+            fields = {
+                "distinct_id": context.distinct_id,
+                "prefix": context.prefix,
+                "static": dict(context.static),
+            }
+            self._header = (context, (encode_json(fields) + "\n").encode())
+        return self._header[1]
+
+    def _context_of(self, name: str, fd: int) -> EventContext:
+        context = self._contexts.get(name)
+        if context is None:
+            fields = json.loads(_journal.header_line(fd))
+            context = EventContext(str(fields["distinct_id"]), str(fields["prefix"]), dict(fields["static"]))
+            self._contexts[name] = context
+        return context
+
+    def _fold(self, db: sqlite3.Connection, name: str, fd: int, offset: int | None) -> int:
+        """Translate and store the complete lines of journal `name` after `offset` (None: where the
+        spool last got to); returns the new offset. Each chunk commits with its offset, so no line is
+        stored twice, even by a process that picks the journal up after this one died."""
+        key = _JOURNAL_KEY + name
+        if offset is None:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            offset = int(row[0]) if row else 0
+        while True:
+            lines, end = _journal.new_lines(fd, offset)
+            if not lines:
+                return offset
+            context = self._context_of(name, fd)
+            events: list[Outgoing] = []
+            for record in _records(lines[1:] if offset == 0 else lines):  # the first line is the header
+                try:
+                    events.extend(encode_record(record, context))
+                except (KeyError, TypeError, ValueError) as exc:
+                    warn_once("journal-line", "otel-spawn: skipped an unreadable journal record (%s)", exc)
+            with _sqlite.transaction(db):
+                self._insert(db, events)
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(end)))
+            offset = end
+
+    def _forget(self, db: sqlite3.Connection, name: str | None) -> None:
+        """A journal file is gone: drop its offset (after the file, so no crash can fold it twice)."""
+        if name is not None:
+            self._contexts.pop(name, None)
+            db.execute("DELETE FROM meta WHERE key = ?", (_JOURNAL_KEY + name,))
+
+    def _insert(self, db: sqlite3.Connection, events: Sequence[Outgoing]) -> None:
+        """Store events (inside a transaction), evicting the oldest when past the size cap."""
+        now = time.time()
+        rows = [(e.uuid, e.body, len(e.body), now) for e in events]
+        db.executemany(_INSERT, rows)
+        self._bytes_estimate += sum(row[2] for row in rows)
+        if self._bytes_estimate > self.max_bytes:
+            self._evict(db)
+
+    def _settle(self, events: Sequence[Outgoing], counter: str) -> None:
         """Delete delivered (or quarantined) events and count them."""
         try:
             with self._transaction() as db:
-                uuids = [e["uuid"] for e in events]
+                uuids = [e.uuid for e in events]
                 db.execute(f"DELETE FROM events WHERE uuid IN ({','.join('?' * len(uuids))})", uuids)
                 db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (len(events), counter))
         except (_Degraded, sqlite3.Error):
@@ -249,12 +355,12 @@ class SqliteSpool:
         if evicted:
             db.execute("UPDATE counters SET value = value + ? WHERE name = 'evicted'", (evicted,))
 
-    def _uuids_in_db(self, events: Sequence[Event]) -> set[str]:
+    def _uuids_in_db(self, events: Sequence[Outgoing]) -> set[str]:
         try:
             with self._read() as db:
                 marks = ",".join("?" * len(events))
                 rows = db.execute(
-                    f"SELECT uuid FROM events WHERE uuid IN ({marks})", [e["uuid"] for e in events]
+                    f"SELECT uuid FROM events WHERE uuid IN ({marks})", [e.uuid for e in events]
                 )
                 return {row[0] for row in rows}
         except (_Degraded, sqlite3.Error):
@@ -287,6 +393,21 @@ class SqliteSpool:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
         self._db = None
+
+
+def _records(lines: list[bytes]) -> list[SpanRecord]:
+    """Parse journal lines (one JSON array for all: a parse per line costs more); a line that is
+    not JSON (a write cut short by a full disk) is skipped with a warning."""
+    try:
+        return list(json.loads(b"[" + b",".join(lines) + b"]"))
+    except ValueError:
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError as exc:
+                warn_once("journal-line", "otel-spawn: skipped an unreadable journal record (%s)", exc)
+        return out
 
 
 class _Degraded(Exception):

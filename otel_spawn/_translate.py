@@ -2,22 +2,28 @@
 
 Only spans the funnel API marked (`otel_spawn.kind`) produce events; every other span is a trace
 span only. The event uuid is derived from the span, so exporting a span twice never counts twice.
+
+Translation works on a `SpanRecord`: the few plain fields of a span it reads. The durable spool
+journals records (cheap on the host's thread) and translates them later, on the sender's thread
+or in whichever process picks up a killed run's journal, with the same result.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.util.types import Attributes
 
 from otel_spawn import _constants as c
-from otel_spawn._posthog import Event
+from otel_spawn._posthog import Event, Outgoing, encode_json
 
 _UUID_NAMESPACE = uuid.UUID("6f1b1b5e-2c1f-4d0e-9a53-0e1f5a7c9d21")
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]*)", line (?P<line>\d+), in (?P<func>.*)$', re.MULTILINE)
@@ -32,16 +38,36 @@ class EventContext:
     prefix: str = "funnel_"
     static: Mapping[str, Any] = field(default_factory=dict)
 
+    @cached_property
+    def _encoded(self) -> tuple[frozenset[str], str, str]:
+        """The static keys, the static properties as JSON members, and the distinct_id as JSON."""
+        return frozenset(self.static), encode_json(dict(self.static))[1:-1], encode_json(self.distinct_id)
+
 
 def event_uuid(trace_id: int, span_id: int, event: str) -> str:
-    """A stable uuid for (span, event): a re-export resends the identical uuid."""
-    return str(uuid.uuid5(_UUID_NAMESPACE, f"{trace_id:032x}-{span_id:016x}-{event}"))
+    """A stable uuid for (span, event): a re-export resends the identical uuid.
+
+    `uuid.uuid5(_UUID_NAMESPACE, name)`, computed without building UUID objects (it runs per event).
+    """
+    name = f"{trace_id:032x}-{span_id:016x}-{event}".encode()
+    digest = bytearray(hashlib.sha1(_UUID_NAMESPACE.bytes + name).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_second: tuple[int, str] = (0, "1970-01-01T00:00:00")  # the last second formatted, and its text
 
 
 def iso_timestamp(ns: int) -> str:
-    """Epoch nanoseconds -> ISO-8601 UTC with microseconds."""
+    """Epoch nanoseconds -> ISO-8601 UTC with microseconds (as `datetime.isoformat()` writes it)."""
+    global _second
     seconds, rest = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=rest // 1000).isoformat()
+    if _second[0] != seconds:
+        _second = (seconds, datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()[:19])
+    micro = rest // 1000
+    return f"{_second[1]}.{micro:06d}+00:00" if micro else f"{_second[1]}+00:00"
 
 
 def _ms(ns: int) -> int:
@@ -88,33 +114,90 @@ def exception_properties(
     }
 
 
-def _exception_event(span: ReadableSpan) -> Mapping[str, Any] | None:
+# A finished span as translation sees it, JSON-ready: t trace id, s span id, n name, b/e start/end
+# (epoch ns), a attributes, x the `exception` event's attributes (or None), d the status description.
+SpanRecord = dict[str, Any]
+
+
+def span_record(span: ReadableSpan) -> SpanRecord | None:
+    """The record of a span the funnel API marked, or None for a trace-only span."""
+    attrs = span.attributes
+    if not attrs or c.ATTR_KIND not in attrs or span.context is None or span.end_time is None:
+        return None
+    exception = None
     for event in span.events:
         if event.name == "exception":
-            return event.attributes or {}
-    return None
+            exception = dict(event.attributes or {})
+            break
+    return {
+        "t": span.context.trace_id,
+        "s": span.context.span_id,
+        "n": span.name,
+        "b": span.start_time,
+        "e": span.end_time,
+        "a": dict(attrs),
+        "x": exception,
+        "d": span.status.description,
+    }
 
 
 def translate(span: ReadableSpan, ctx: EventContext) -> list[Event]:
     """The product events one finished span stands for (often none)."""
-    attrs = span.attributes or {}
+    record = span_record(span)
+    return [] if record is None else translate_record(record, ctx)
+
+
+def translate_record(record: SpanRecord, ctx: EventContext) -> list[Event]:
+    """The product events of one span record (often none)."""
+    return [
+        {
+            "event": name,
+            "distinct_id": ctx.distinct_id,
+            "timestamp": timestamp,
+            "uuid": uid,
+            "properties": {**ctx.static, **properties},
+        }
+        for name, timestamp, uid, properties in _parts(record, ctx)
+    ]
+
+
+def encode_record(record: SpanRecord, ctx: EventContext) -> list[Outgoing]:
+    """`translate_record`, encoded: the same JSON text as `encode_json(event)`, with the static
+    properties encoded once per context instead of once per event."""
+    static_keys, static_json, distinct_id = ctx._encoded
+    out = []
+    for name, timestamp, uid, properties in _parts(record, ctx):
+        if not static_keys.isdisjoint(properties):  # a property overrides a static one: merge first
+            event = {"event": name, "distinct_id": ctx.distinct_id, "timestamp": timestamp, "uuid": uid}
+            out.append(Outgoing(uid, encode_json({**event, "properties": {**ctx.static, **properties}})))
+            continue
+        members = encode_json(properties)[1:-1]
+        joined = f"{static_json},{members}" if static_json and members else static_json or members
+        out.append(
+            Outgoing(
+                uid,
+                f'{{"event":{encode_json(name)},"distinct_id":{distinct_id},"timestamp":"{timestamp}",'
+                f'"uuid":"{uid}","properties":{{{joined}}}}}',
+            )
+        )
+    return out
+
+
+def _parts(record: SpanRecord, ctx: EventContext) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(event name, timestamp, uuid, properties other than the static ones) of each event."""
+    attrs: Mapping[str, Any] = record["a"]
     kind = attrs.get(c.ATTR_KIND)
     start_ns = attrs.get(c.ATTR_FUNNEL_START)
     in_funnel = isinstance(start_ns, int)
-    if (
-        kind is None
-        or span.context is None
-        or span.end_time is None
-        or not (in_funnel or kind in (c.KIND_EVENT, c.KIND_ERROR))
-    ):
+    if kind is None or not (in_funnel or kind in (c.KIND_EVENT, c.KIND_ERROR)):
         return []
-    end = span.end_time
+    end: int = record["e"]
+    trace_id = f"{record['t']:032x}"
     common: dict[str, Any] = {
-        **ctx.static,
         **_strip(attrs, c.CONTEXT_PREFIX),
         "funnel": attrs.get(c.ATTR_FUNNEL),
-        "funnel_id": f"{span.context.trace_id:032x}" if in_funnel else None,
-        "trace_id": f"{span.context.trace_id:032x}",
+        "funnel_id": trace_id if in_funnel else None,
+        "trace_id": trace_id,
     }
     if isinstance(start_ns, int):
         common["elapsed_ms"] = max(0, _ms(end - start_ns))
@@ -122,40 +205,34 @@ def translate(span: ReadableSpan, ctx: EventContext) -> list[Event]:
         common["source"] = attrs[c.ATTR_SOURCE]
     last = attrs.get(c.ATTR_LAST_STEP)
     outcome = attrs.get(c.ATTR_OUTCOME)
-    step = str(attrs.get(c.ATTR_STEP, span.name))
+    step = str(attrs.get(c.ATTR_STEP, record["n"]))
+    exc: Mapping[str, Any] | None = record["x"]
     out: list[tuple[str, dict[str, Any]]] = []
 
     if kind == c.KIND_EVENT:
         out.append((step, _strip(attrs, c.PROPERTY_PREFIX)))
     elif kind == c.KIND_STEP:
-        exc = _exception_event(span)
         if outcome in (None, "completed"):
-            props = {"step": step, "step_duration_ms": _ms(end - (span.start_time or end))}
+            props = {"step": step, "step_duration_ms": _ms(end - (record["b"] or end))}
             out.append((f"{ctx.prefix}{step}", {**props, **_strip(attrs, c.PROPERTY_PREFIX)}))
         elif exc is not None:
             out.append(("$exception", {"step": step, **_exception_props(exc)}))
-    elif kind == c.KIND_ERROR and (exc := _exception_event(span)) is not None:
+    elif kind == c.KIND_ERROR and exc is not None:
         out.append(("$exception", _exception_props(exc)))
     elif kind == c.KIND_FUNNEL and outcome == "failed":
-        exc = _exception_event(span)
         if exc is not None:  # raised outside any step
             out.append(("$exception", _exception_props(exc)))
         failed = attrs.get(c.ATTR_FAILED_STEP) or None
-        error_type = str(exc.get("exception.type", "")) if exc else _error_type(span)
+        error_type = str(exc.get("exception.type", "")) if exc else _error_type(record["d"])
         props = {"failed_step": failed, "last_completed_step": last, "error_type": error_type}
         out.append((f"{ctx.prefix}failed", props))
     elif kind == c.KIND_FUNNEL and outcome == "abandoned":
         at_step = attrs.get(c.ATTR_FAILED_STEP) or None
         out.append((f"{ctx.prefix}abandoned", {"at_step": at_step, "last_completed_step": last}))
 
+    timestamp = iso_timestamp(end)
     return [
-        {
-            "event": name,
-            "distinct_id": ctx.distinct_id,
-            "timestamp": iso_timestamp(end),
-            "uuid": event_uuid(span.context.trace_id, span.context.span_id, name),
-            "properties": {**common, **props},
-        }
+        (name, timestamp, event_uuid(record["t"], record["s"], name), {**common, **props})
         for name, props in out
     ]
 
@@ -168,6 +245,6 @@ def _exception_props(exc: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
-def _error_type(span: ReadableSpan) -> str:
-    description = span.status.description or ""
+def _error_type(description: str | None) -> str:
+    description = description or ""
     return description.split(":", 1)[0] if ":" in description else "Exception"

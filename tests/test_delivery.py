@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from otel_spawn._delivery import Backoff, MemoryOutbox, Sender
-from otel_spawn._posthog import PostHogClient, Verdict, classify, encode_batch, parse_retry_after
+from otel_spawn._posthog import Outgoing, PostHogClient, Verdict, classify, encode_batch, parse_retry_after
 
 
 def event(name: str, n: int = 0) -> dict[str, Any]:
@@ -48,8 +48,8 @@ def make_sender(
 def test_batch_body_is_gzip_deterministic_without_sent_at() -> None:
     """The body is gzip JSON with api_key and batch, no sent_at, identical bytes for identical events."""
     events = [event("a"), event("b")]
-    body = encode_batch("phc_x", events)
-    assert body == encode_batch("phc_x", [dict(e) for e in events])
+    body = encode_batch("phc_x", [Outgoing.of(e) for e in events])
+    assert body == encode_batch("phc_x", [Outgoing.of(dict(e)) for e in events])
     assert json.loads(gzip.decompress(body)) == {"api_key": "phc_x", "batch": events}
 
 
@@ -151,7 +151,7 @@ def test_bad_request_is_split_to_quarantine_only_the_offender() -> None:
     assert sender.drain(deadline=time.monotonic() + 5)
     assert sender.stats.sent == 7
     assert sender.stats.quarantined == 1
-    assert [e for e, _ in outbox.quarantined] == [event("bad")]
+    assert [e for e, _ in outbox.quarantined] == [Outgoing.of(event("bad"))]
     assert [len(decode(r)["batch"]) for r in seen] == [8, 4, 2, 2, 1, 1, 4]
 
 
@@ -192,6 +192,19 @@ def test_other_client_errors_are_counted_not_retried() -> None:
     assert "422" in sender.stats.last_error
 
 
+def test_batches_respect_a_byte_cap() -> None:
+    """A batch stops before max_batch_bytes (an oversized event still goes, alone); order is kept."""
+    sender, outbox, seen = make_sender(lambda r: httpx.Response(200))
+    sender.max_batch_bytes = 2 * len(Outgoing.of(event("a", 0)).body) + 1
+    outbox.put([event("a", n) for n in range(5)])
+    outbox.put([{**event("big", 0), "properties": {"pad": "x" * 1000}}, event("a", 5)])
+    assert sender.drain(deadline=time.monotonic() + 5)
+    assert [len(decode(r)["batch"]) for r in seen] == [2, 2, 1, 1, 1]
+    assert [e["uuid"] for r in seen for e in decode(r)["batch"]][:6] == [f"u-a-{n}" for n in range(5)] + [
+        "u-big-0"
+    ]
+
+
 def test_batches_respect_batch_size() -> None:
     """Events go out in batches of at most batch_size, oldest first."""
     sender, outbox, seen = make_sender(lambda r: httpx.Response(200), batch_size=3)
@@ -205,7 +218,7 @@ def test_memory_outbox_evicts_oldest_and_counts() -> None:
     """A full in-memory outbox drops the oldest events and counts them."""
     outbox = MemoryOutbox(capacity=3)
     outbox.put([event("a", n) for n in range(5)])
-    assert [e["uuid"] for e in outbox.take(10)] == ["u-a-2", "u-a-3", "u-a-4"]
+    assert [e.uuid for e in outbox.take(10)] == ["u-a-2", "u-a-3", "u-a-4"]
     assert outbox.stats.evicted == 2
 
 
@@ -213,7 +226,9 @@ def test_client_sends_again_after_close() -> None:
     """close() releases the connections; a later send opens a new client instead of failing."""
     client = PostHogClient(host="http://127.0.0.1:9", api_key="phc_x", timeout=0.5)
     client.close()
-    assert client.send([event("a")]).verdict is Verdict.RETRY  # refused: a network error, not a crash
+    assert (
+        client.send([Outgoing.of(event("a"))]).verdict is Verdict.RETRY
+    )  # refused: a network error, not a crash
     client.close()
-    assert client.send([event("a")]).verdict is Verdict.RETRY
+    assert client.send([Outgoing.of(event("a"))]).verdict is Verdict.RETRY
     client.close()

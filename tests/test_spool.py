@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from otel_spawn._posthog import Outgoing
 from otel_spawn._spool import SPOOL_DB, SqliteSpool
 
 
@@ -35,8 +36,8 @@ def test_put_take_ack_round_trip_and_private_file(home: Path) -> None:
     spool.put([event(1), event(2)])
     spool.put([event(3)])
     batch = spool.take(10)
-    assert [e["uuid"] for e in batch] == ["uuid-1", "uuid-2", "uuid-3"]
-    assert batch[0] == event(1)
+    assert [e.uuid for e in batch] == ["uuid-1", "uuid-2", "uuid-3"]
+    assert json.loads(batch[0].body) == event(1)
     spool.ack(batch[:2])
     assert spool.depth() == 1
     assert spool.status().sent == 2
@@ -51,7 +52,7 @@ def test_same_uuid_is_stored_once(home: Path) -> None:
     spool.put([event(1)])
     spool.put([event(1)])
     assert spool.depth() == 1
-    assert spool.status().bytes == len(json.dumps(event(1)))
+    assert spool.status().bytes == len(json.dumps(event(1), separators=(",", ":")))
 
 
 def test_a_claim_keeps_other_processes_away_until_released(home: Path) -> None:
@@ -60,10 +61,10 @@ def test_a_claim_keeps_other_processes_away_until_released(home: Path) -> None:
     first.put([event(1), event(2)])
     assert len(first.take(10)) == 2
     assert second.take(10) == []
-    first.release([event(1)])
-    assert [e["uuid"] for e in second.take(10)] == ["uuid-1"]
-    first.release([event(2)])
-    assert [e["uuid"] for e in second.take(10)] == ["uuid-2"]
+    first.release([Outgoing.of(event(1))])
+    assert [e.uuid for e in second.take(10)] == ["uuid-1"]
+    first.release([Outgoing.of(event(2))])
+    assert [e.uuid for e in second.take(10)] == ["uuid-2"]
 
 
 def test_expired_lease_is_taken_over(home: Path) -> None:
@@ -72,17 +73,17 @@ def test_expired_lease_is_taken_over(home: Path) -> None:
     dead.put([event(1)])
     assert len(dead.take(10)) == 1
     survivor = SqliteSpool(home)
-    assert [e["uuid"] for e in survivor.take(10)] == ["uuid-1"]
+    assert [e.uuid for e in survivor.take(10)] == ["uuid-1"]
 
 
 def test_size_cap_evicts_oldest_and_counts(home: Path) -> None:
     """Over the cap the oldest events go first (down to 90% of the cap), and the eviction is counted."""
-    one = len(json.dumps(event(0, 100)))
+    one = len(json.dumps(event(0, 100), separators=(",", ":")))
     spool = SqliteSpool(home, max_bytes=one * 3)
     spool.put([event(n, 100) for n in range(3)])
     assert spool.status().evicted == 0  # at the cap, not over it
     spool.put([event(n, 100) for n in range(3, 5)])
-    assert [e["uuid"] for e in spool.take(10)] == ["uuid-3", "uuid-4"]
+    assert [e.uuid for e in spool.take(10)] == ["uuid-3", "uuid-4"]
     status = spool.status()
     assert status.evicted == 3
     assert status.bytes <= one * 3 * 9 // 10
@@ -92,7 +93,7 @@ def test_quarantine_keeps_the_event_for_inspection(home: Path) -> None:
     """A refused event leaves the queue, is counted, and stays readable in the quarantine table."""
     spool = SqliteSpool(home)
     spool.put([event(1), event(2)])
-    spool.quarantine([event(1)], "HTTP 400: bad")
+    spool.quarantine([Outgoing.of(event(1))], "HTTP 400: bad")
     assert spool.depth() == 1
     status = spool.status()
     assert status.quarantined == 1
@@ -145,7 +146,7 @@ def test_unusable_directory_falls_back_to_memory(caplog: pytest.LogCaptureFixtur
     assert spool.depth() == 2
     batch = spool.take(1)
     spool.release(batch)
-    assert [e["uuid"] for e in spool.take(5)] == ["uuid-1", "uuid-2"]
+    assert [e.uuid for e in spool.take(5)] == ["uuid-1", "uuid-2"]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "keeping events in memory" in warnings[0].getMessage()
@@ -160,4 +161,4 @@ def test_full_disk_falls_back_to_memory(home: Path) -> None:
     spool._db.execute(f"PRAGMA max_page_count = {pages}")
     spool.put([event(2, 50_000)])
     assert spool.degraded
-    assert [e["uuid"] for e in spool.take(5)] == ["uuid-2"]
+    assert [e.uuid for e in spool.take(5)] == ["uuid-2"]

@@ -15,7 +15,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import otel_spawn
 from otel_spawn._funnel import use_tracer_provider
-from otel_spawn._translate import EventContext, exception_frames, iso_timestamp, translate
+from otel_spawn._translate import (
+    _UUID_NAMESPACE,
+    EventContext,
+    event_uuid,
+    exception_frames,
+    iso_timestamp,
+    translate,
+)
 
 CTX = EventContext(distinct_id="d-1", prefix="funnel_", static={"app": "spawn", "$ip": None})
 
@@ -305,3 +312,17 @@ def test_exception_frames_parse_in_app() -> None:
 def test_unmarked_span_translates_to_nothing() -> None:
     """A plain span without otel-spawn attributes is never a product event."""
     assert translate(ReadableSpan(name="GET /"), CTX) == []
+
+
+@pytest.mark.parametrize("micros", [0, 1, 999_999])
+def test_iso_timestamp_and_uuid_match_the_standard_library(micros: int) -> None:
+    """The per-event fast paths give exactly what datetime.isoformat() and uuid.uuid5() give."""
+    from datetime import datetime, timezone
+
+    for seconds in (1_795_000_000, 1_795_000_001, 1_795_000_000):  # the cached second changes, and back
+        ns = seconds * 1_000_000_000 + micros * 1000 + 999
+        expected = datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=micros).isoformat()
+        assert iso_timestamp(ns) == expected
+    trace_id, span_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+    name = f"{trace_id:032x}-{span_id:016x}-funnel_vm_ready"
+    assert event_uuid(trace_id, span_id, "funnel_vm_ready") == str(uuid.uuid5(_UUID_NAMESPACE, name))

@@ -1,0 +1,170 @@
+"""The spool's journal: one append-only file per process, written on the host's thread when a step ends.
+
+Appending a span record is one write(2), a few microseconds (an SQLite commit costs ~50): the line
+is in the OS page cache when the step returns, so it survives SIGKILL and os._exit. The sender
+thread folds new lines into the SQLite spool every few tens of milliseconds (recording how far it
+got in the same transaction), and the journal is removed when the spool closes. The journal of a
+process that died is folded in by the next process of the app that opens the spool, or by
+`otel-spawn flush`.
+
+A process holds an exclusive flock on its journal for as long as it lives; the kernel drops it
+when the process dies, however it dies, which is how another process tells an orphan from a live
+journal. The first line is the header (what every event of that process shares), so any process
+can translate the records. Lines are scrubbed span records: nothing unscrubbed reaches the disk.
+POSIX only (flock); elsewhere the spool writes to SQLite directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+PREFIX = "journal-"
+SUFFIX = ".jsonl"
+READ_CHUNK = 4 << 20  # fold at most this many bytes per transaction
+ROTATE_BYTES = 1 << 20  # start a new journal once this much has been folded
+
+AVAILABLE = fcntl is not None
+_live: weakref.WeakSet[Journal] = weakref.WeakSet()
+
+
+class Journal:
+    """This process's journal; created on the first append."""
+
+    def __init__(self, home: Path, owner: str) -> None:
+        self.home = home
+        self.owner = owner
+        self.fd: int | None = None
+        self.name = ""
+        self.offset = 0  # bytes of the current file folded into SQLite so far
+        self._generation = 0
+        self.lock = threading.Lock()  # appends vs. rotation
+        _live.add(self)
+
+    def append(self, data: bytes, header: bytes) -> None:
+        """Write complete lines; `header` starts a new file. Raises OSError (the caller falls back)."""
+        with self.lock:
+            if self.fd is None:
+                self._create(header)
+            assert self.fd is not None
+            if os.write(self.fd, data) != len(data):
+                raise OSError("short write to the journal (disk full?)")
+
+    def _create(self, header: bytes) -> None:
+        self._generation += 1
+        name = f"{PREFIX}{self.owner}-{self._generation}{SUFFIX}"
+        temporary = self.home / f".{name}"  # not a journal until it is locked and has its header
+        fd = os.open(temporary, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.write(fd, header) != len(header):
+                raise OSError("short write to the journal (disk full?)")
+            os.replace(temporary, self.home / name)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        self.name, self.offset = name, 0
+        self.fd = fd  # last: the sender reads fd without the lock
+
+    def retire(self, force: bool = False) -> str | None:
+        """Remove the file if everything in it is folded (and, unless `force`, it is big enough to
+        rotate); returns the name removed. The next append starts a new file."""
+        with self.lock:
+            fd = self.fd
+            if (
+                fd is None
+                or (not force and self.offset < ROTATE_BYTES)
+                or os.fstat(fd).st_size != self.offset
+            ):
+                return None
+            name = self.name
+            with contextlib.suppress(OSError):
+                os.unlink(self.home / name)
+            os.close(fd)
+            self.fd = None
+            return name
+
+    def _after_fork(self) -> None:
+        """A forked child writes a journal of its own (the parent's lock stays the parent's)."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+        self.fd = None
+        self.owner = f"{self.owner}.{os.getpid()}"
+        self.lock = threading.Lock()
+
+
+def new_lines(fd: int, offset: int) -> tuple[list[bytes], int]:
+    """The complete lines after `offset` (at most READ_CHUNK bytes of them) and the offset after them."""
+    size = os.fstat(fd).st_size
+    if size <= offset:
+        return [], offset
+    data = os.pread(fd, min(size - offset, READ_CHUNK), offset)
+    end = data.rfind(b"\n") + 1
+    if end == 0 and size - offset > READ_CHUNK:  # one line longer than a chunk: take it whole
+        data = os.pread(fd, size - offset, offset)
+        end = data.rfind(b"\n") + 1
+    return data[:end].splitlines(), offset + end
+
+
+def header_line(fd: int) -> bytes:
+    """The first line of a journal."""
+    first = os.pread(fd, 1 << 16, 0)
+    end = first.find(b"\n")
+    while end < 0 and len(first) < os.fstat(fd).st_size:
+        first = os.pread(fd, len(first) * 2, 0)
+        end = first.find(b"\n")
+    return first[: max(end, 0)]
+
+
+def orphans(home: Path) -> Iterator[tuple[str, int]]:
+    """(name, fd) of each journal whose process is gone, locked by us while the caller folds it.
+
+    The fd is closed (and the lock dropped) when the caller asks for the next one. Leftover
+    temporaries of a process that died while creating its journal hold no records and are removed.
+    """
+    if fcntl is None:
+        return
+    try:
+        entries = [e.name for e in os.scandir(home) if PREFIX in e.name and e.name.endswith(SUFFIX)]
+    except OSError:
+        return
+    for name in entries:
+        try:
+            fd = os.open(home / name, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its process is alive
+            os.close(fd)
+            continue
+        try:
+            if os.fstat(fd).st_nlink == 0:  # folded and removed by another process meanwhile
+                continue
+            if name.startswith("."):
+                os.unlink(home / name)
+                continue
+            yield name, fd
+        finally:
+            os.close(fd)
+
+
+def _reset_after_fork() -> None:
+    for journal in list(_live):
+        journal._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
