@@ -2,9 +2,9 @@
 
 A funnel is a root span; a step is a child span marked with `otel_spawn.kind = "step"`. The funnel's
 state (name, start, context, progress) travels in the OpenTelemetry context, so it follows threads
-and tasks exactly as span parentage does. When a step or event span ends it is stamped with a
-snapshot of that state, which makes the span self-contained: the exporter translates it without
-looking anything up.
+and tasks exactly as span parentage does. A step or event span starts with a snapshot of that state
+(taken again at its end if `set_context` changed it meanwhile), which makes the span
+self-contained: the exporter translates it without looking anything up.
 """
 
 from __future__ import annotations
@@ -59,15 +59,17 @@ class FunnelState:
     interrupted_at: str | None = None
     active_steps: list[str] = field(default_factory=list)
     inherited: bool = False  # continued from a parent process
+    context_changes: int = 0  # bumped by set_context: a step that saw a change re-stamps at its end
+
+    def attributes(self) -> dict[str, AttributeValue]:
+        """The funnel's identity and current context, as span attributes."""
+        out: dict[str, AttributeValue] = {c.ATTR_FUNNEL: self.name, c.ATTR_FUNNEL_START: self.start_ns}
+        for key, value in self.context.items():
+            out[c.CONTEXT_PREFIX + key] = value
+        return out
 
     def stamp(self, span: Span) -> None:
-        """Copy the funnel's identity and current context onto `span`."""
-        span.set_attribute(c.ATTR_FUNNEL, self.name)
-        span.set_attribute(c.ATTR_FUNNEL_START, self.start_ns)
-        if self.last_completed is not None:
-            span.set_attribute(c.ATTR_LAST_STEP, self.last_completed)
-        for key, value in self.context.items():
-            span.set_attribute(c.CONTEXT_PREFIX + key, value)
+        span.set_attributes(self.attributes())
 
 
 _REPORTED = "__otel_spawn_reported__"
@@ -101,14 +103,22 @@ def _attribute(key: str, value: object) -> AttributeValue | None:
 def _event_span(kind: str, name: str, state: FunnelState | None, properties: Mapping[str, object]) -> None:
     """A zero-length marker span: delivered the moment it happens, not when its parent ends."""
     now = time.time_ns()
-    span = tracer().start_span(name, start_time=now, attributes={c.ATTR_KIND: kind, c.ATTR_STEP: name})
+    attributes = _step_attributes(kind, name, state, properties)
+    tracer().start_span(name, start_time=now, attributes=attributes).end(end_time=now)
+
+
+def _step_attributes(
+    kind: str, name: str, state: FunnelState | None, properties: Mapping[str, object]
+) -> dict[str, AttributeValue]:
+    """A step's or event's attributes, set when its span starts (one call instead of one per key)."""
+    out: dict[str, AttributeValue] = {c.ATTR_KIND: kind, c.ATTR_STEP: name}
+    if state is not None:
+        out.update(state.attributes())
     for key, value in properties.items():
         attr = _attribute(key, value)
         if attr is not None:
-            span.set_attribute(c.PROPERTY_PREFIX + key, attr)
-    if state is not None:
-        state.stamp(span)
-    span.end(end_time=now)
+            out[c.PROPERTY_PREFIX + key] = attr
+    return out
 
 
 @contextmanager
@@ -168,8 +178,9 @@ def _finish_funnel(state: FunnelState, exc: BaseException | None) -> None:
             span.record_exception(exc)
         mark_reported(exc)
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-    span.set_attribute(c.ATTR_OUTCOME, outcome)
-    state.stamp(span)
+    span.set_attributes({**state.attributes(), c.ATTR_OUTCOME: outcome})
+    if state.last_completed is not None:
+        span.set_attribute(c.ATTR_LAST_STEP, state.last_completed)
     span.end()
 
 
@@ -183,7 +194,7 @@ class step:
     def __init__(self, name: str, /, *, properties: Mapping[str, object] | None = None) -> None:
         self.name = name
         self.properties = dict(properties or {})
-        self._stack: list[tuple[Span, object, FunnelState | None]] = []
+        self._stack: list[tuple[Span, object, FunnelState | None, int]] = []
 
     def __call__(self, func: F) -> F:
         name, properties = self.name, self.properties
@@ -205,25 +216,21 @@ class step:
 
     def __enter__(self) -> Span:
         state = current_funnel()
-        attributes: dict[str, AttributeValue] = {}
         if state is None:
             warn_once(f"step:{self.name}", "otel-spawn: step %r ran outside a funnel: traced only", self.name)
+            span = tracer().start_span(self.name)
         else:
-            attributes = {c.ATTR_KIND: c.KIND_STEP, c.ATTR_STEP: self.name}
-            for key, value in self.properties.items():
-                attr = _attribute(key, value)
-                if attr is not None:
-                    attributes[c.PROPERTY_PREFIX + key] = attr
             state.active_steps.append(self.name)
-        span = tracer().start_span(self.name, attributes=attributes)
+            attributes = _step_attributes(c.KIND_STEP, self.name, state, self.properties)
+            span = tracer().start_span(self.name, attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
-        self._stack.append((span, token, state))
+        self._stack.append((span, token, state, state.context_changes if state else 0))
         return span
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        span, token, state = self._stack.pop()
+        span, token, state, context_changes = self._stack.pop()
         otel_context.detach(token)  # type: ignore[arg-type]
         if state is not None:
             state.active_steps.pop()
@@ -233,13 +240,15 @@ class step:
                 state.interrupted_at = state.interrupted_at or self.name
             else:
                 state.failed_step = state.failed_step or self.name
-            state.stamp(span)
-        if exc is not None and isinstance(exc, Exception):
-            span.record_exception(exc)
-            if state is not None:  # the step's `$exception` reports it
-                mark_reported(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        span.set_attribute(c.ATTR_OUTCOME, "completed" if exc is None else type(exc).__name__)
+            if state.context_changes != context_changes:  # set_context ran during the step
+                state.stamp(span)
+        if exc is not None:  # no outcome attribute means "completed"
+            if isinstance(exc, Exception):
+                span.record_exception(exc)
+                if state is not None:  # the step's `$exception` reports it
+                    mark_reported(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.set_attribute(c.ATTR_OUTCOME, type(exc).__name__)
         span.end()
 
     async def __aenter__(self) -> Span:
@@ -258,6 +267,7 @@ def set_context(key: str, value: object) -> None:
     if state is None or attr is None:
         return
     state.context[key] = attr
+    state.context_changes += 1
     state.root.set_attribute(c.CONTEXT_PREFIX + key, attr)
 
 

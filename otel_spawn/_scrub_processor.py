@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 _SEPARATOR = "\x00"
 _RESOURCE_CACHE_SIZE = 64
 _KEY_CACHE_SIZE = 4096
+_CLEAN_CACHE_SIZE = 4096  # strings known clean (step names, outcomes, ...): skipped by the next check
+_CLEAN_MAX_LENGTH = 256
 
 
 class ScrubbingSpanProcessor(SpanProcessor):
@@ -46,6 +48,7 @@ class ScrubbingSpanProcessor(SpanProcessor):
         # id(resource) -> (resource, scrubbed resource, counts); keeping the original alive keeps its id.
         self._resources: dict[int, tuple[Resource, Resource, Counter[str]]] = {}
         self._plain_keys: set[str] = set()  # attribute keys known not to be secret-looking
+        self._clean: set[str] = set()  # short strings a check found nothing in
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         self._each("on_start", lambda p: p.on_start(span, parent_context=parent_context))
@@ -125,7 +128,15 @@ class ScrubbingSpanProcessor(SpanProcessor):
         for link in span.links:
             if link.attributes and self._collect(link.attributes, texts):
                 return True
-        return self._scrubber.might_match(_SEPARATOR.join(texts))
+        fresh = [text for text in texts if text not in self._clean]
+        if not fresh:
+            return False
+        if self._scrubber.might_match(_SEPARATOR.join(fresh)):
+            return True
+        if len(self._clean) + len(fresh) > _CLEAN_CACHE_SIZE:
+            self._clean.clear()
+        self._clean.update(text for text in fresh if len(text) <= _CLEAN_MAX_LENGTH)
+        return False
 
     def _collect(self, attributes: Mapping[str, Any], texts: list[str]) -> bool:
         """Append the string values to `texts`; True if a key is secret-looking (needs a full look)."""

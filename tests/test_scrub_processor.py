@@ -286,3 +286,19 @@ def test_an_internal_error_is_raised_under_pytest(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(RuntimeError, match="scrubber bug"):
         _dirty_span(pipeline)
     assert pipeline.scrubbed.get_finished_spans() == ()
+
+
+def test_known_clean_strings_never_hide_a_secret() -> None:
+    """Strings found clean are remembered (a cheaper check next time); a secret never is, however often
+    it comes and whatever clean strings come with it."""
+    pipeline = Pipeline(resource=Resource.create({"service.name": "spawn"}))
+    for _ in range(3):
+        with pipeline.tracer.start_as_current_span("vm_ready", attributes={"agent": "claude", "note": "ls"}):
+            pass
+        with pipeline.tracer.start_as_current_span("vm_ready", attributes={"agent": "claude", "note": KEY}):
+            pass
+    scrubbed = [dict(span.attributes or {}) for span in pipeline.scrubbed.get_finished_spans()]
+    assert [attrs["note"] for attrs in scrubbed] == ["ls", "[REDACTED:openrouter_key]"] * 3
+    assert KEY not in repr(scrubbed)
+    assert {"vm_ready", "claude", "ls"} <= pipeline.processor._clean
+    assert KEY not in pipeline.processor._clean
