@@ -58,6 +58,7 @@ def adversarial(size: int) -> dict[str, str]:
         "a": "a",
         "dashes": "-",
         "base64 run": None,
+        "a40= chain": "a" * 40 + "=",
         "@ only": "@",
         "a@": "a@",
         "http://+colons": None,
@@ -91,10 +92,15 @@ def adversarial(size: int) -> dict[str, str]:
 
 def finding_dense(size: int) -> dict[str, str]:
     """Valid findings every few bytes: linear, but every finding costs Python work."""
+    rnd = random.Random(2)
+    tokens = (
+        "".join(rnd.choices(string.ascii_letters + string.digits + "+/", k=40)) for _ in range(size // 41)
+    )
     return {
         "emails x@y.zz": "x@y.zz " * (size // 7),
         "ipv4 10.20.30.40": "10.20.30.40 " * (size // 12),
         "home C:\\Users\\x": "C:\\Users\\x\\ " * (size // 12),
+        "random base64 tokens": " ".join(tokens),
     }
 
 

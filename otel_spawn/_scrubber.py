@@ -2,8 +2,9 @@
 
 `Scrubber.scrub_text` replaces only the sensitive part of a text with `[REDACTED:<rule>]` (never any
 part of the secret) and returns how often each rule fired. Clean text costs one RE2 `Set` pass (a
-DFA over all rule triggers at once, linear time; texts of 40+ characters get a second tiny one for
-long runs) and comes back as the same object; only rules whose trigger fired run their finders.
+DFA over all rule triggers at once, linear time; texts of 40+ characters also get an RE2 search for
+a long run, which stops at the first) and comes back as the same object; only rules whose trigger
+fired run their finders.
 Scrubbing is idempotent: markers are never scrubbed again. User patterns run on RE2 only.
 """
 
@@ -21,7 +22,8 @@ from types import MappingProxyType
 import re2
 
 from otel_spawn._errors import ConfigError
-from otel_spawn._scrub_rules import Rule, builtin_rules, classify_key, keyed_value_is_secret
+from otel_spawn._scrub_heuristics import classify_key, keyed_value_is_secret
+from otel_spawn._scrub_rules import Rule, builtin_rules
 
 SECRET_ATTRIBUTE_RULE = "secret_attribute"
 _MARKER = re.compile(r"\[REDACTED(?::[A-Za-z0-9_.-]{1,64})?\]")
@@ -143,7 +145,9 @@ class Scrubber:
         self._prefilter = _trigger_set([rules[i].trigger for i in shared])
         self._shared = tuple(shared)  # index in the shared Set -> rule index
         self._alone = tuple(
-            (r.min_length, _trigger_set([r.trigger]), i) for i, r in enumerate(rules) if r.min_length
+            (r.min_length, re2.compile(r.trigger, _re2_options()), i)
+            for i, r in enumerate(rules)
+            if r.min_length
         )
         self._allow_exact = frozenset(a for a in opts.allow if not a.startswith("re:"))
         self._allow_res = tuple(
@@ -166,10 +170,11 @@ class Scrubber:
         """Indices of the rules whose trigger matches somewhere in `text`."""
         if not text:
             return []
-        found = self._prefilter.Match(text)
+        data = text.encode("utf-8", "replace")  # once for all passes; a lone surrogate becomes `?`
+        found = self._prefilter.Match(data)
         hits = [self._shared[i] for i in found] if found else []
         for min_length, trigger, index in self._alone:
-            if len(text) >= min_length and trigger.Match(text):
+            if len(text) >= min_length and trigger.search(data) is not None:  # stops at the first match
                 hits.append(index)
         return hits
 

@@ -311,6 +311,20 @@ def test_secrets_longer_than_any_pattern_bound_go_whole(scrubber: Scrubber, pref
     assert blob[-8:] not in out
 
 
+def test_blob_after_a_long_name_and_equals_is_judged_alone(scrubber: Scrubber) -> None:
+    """`<40+ character name>=<blob>`: `=` ends a base64 run, so the blob goes and the name stays."""
+    blob = b64url(RNG.randbytes(45))
+    name = "opentelemetry_instrumentation_requests_enabled_flag"
+    assert scrubber.scrub(f"{name}={blob} done") == f"{name}=[REDACTED:high_entropy] done"
+
+
+def test_lone_surrogates_are_scrubbed_not_an_error(scrubber: Scrubber) -> None:
+    """Text decoded with `surrogateescape` (a file name with undecodable bytes) is scrubbed as usual."""
+    blob = b64url(RNG.randbytes(45))
+    out = scrubber.scrub(f"/home/jane/caf\udce9.txt \udce9{blob}")
+    assert out == "/home/[REDACTED:home_user]/caf\udce9.txt \udce9[REDACTED:high_entropy]"
+
+
 def test_private_key_cut_short_is_still_redacted(scrubber: Scrubber) -> None:
     """A PEM block without its END line (a truncated log) is redacted up to the end of its body."""
     body = base64.b64encode(RNG.randbytes(120)).decode()
@@ -488,6 +502,8 @@ ADVERSARIAL = {
     "home": "/home/" * 40_000,
     "cards": "4111 " * 50_000,
     "userinfo": "a://x" * 50_000 + "@",
+    "b64_equals_chain": ("a" * 40 + "=") * 6_000,
+    "random_equals_chain": "=".join(rand(ALNUM, 40) for _ in range(6_000)),
     "trigger_rich_noise": rand(
         "sk-or-v1-ghp_AKIAaws@:.0123456789abcdefXYZ/\\ \"'=+eyJ_BEGIN PRIVATE KEYhome:AA", 250_000
     ),
