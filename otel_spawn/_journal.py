@@ -77,23 +77,16 @@ class Journal:
         self.name, self.offset = name, 0
         self.fd = fd  # last: the sender reads fd without the lock
 
-    def retire(self, force: bool = False) -> str | None:
-        """Remove the file if everything in it is folded (and, unless `force`, it is big enough to
-        rotate); returns the name removed. The next append starts a new file."""
+    def detach(self, force: bool = False) -> tuple[int, str] | None:
+        """Stop appending to the current file once ROTATE_BYTES of it are folded (or now, if `force`):
+        the next append starts a new file. Returns (fd, name) of the old one, for the caller to fold
+        the rest of and remove; its lock is held until the caller closes the fd."""
         with self.lock:
-            fd = self.fd
-            if (
-                fd is None
-                or (not force and self.offset < ROTATE_BYTES)
-                or os.fstat(fd).st_size != self.offset
-            ):
+            if self.fd is None or (not force and self.offset < ROTATE_BYTES):
                 return None
-            name = self.name
-            with contextlib.suppress(OSError):
-                os.unlink(self.home / name)
-            os.close(fd)
+            old = (self.fd, self.name)
             self.fd = None
-            return name
+            return old
 
     def _after_fork(self) -> None:
         """A forked child writes a journal of its own (the parent's lock stays the parent's)."""

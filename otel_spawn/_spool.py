@@ -137,17 +137,31 @@ class SqliteSpool:
                 return
             try:
                 journal = self._journal
-                if journal is not None and journal.fd is not None:
-                    journal.offset = self._fold(db, journal.name, journal.fd, journal.offset)
-                    self._forget(db, journal.retire())
+                fd = journal.fd if journal is not None else None
+                if journal is not None and fd is not None:
+                    journal.offset = self._fold(db, journal.name, fd, journal.offset)
+                    self._retire(db, journal.detach())
                 if not self._orphans_folded:
                     self._orphans_folded = True
-                    for name, fd in _journal.orphans(self.path.parent):
-                        self._fold(db, name, fd, None)
-                        os.unlink(self.path.parent / name)
-                        self._forget(db, name)
+                    for name, orphan in _journal.orphans(self.path.parent):
+                        self._retire(db, (orphan, name), close=False)
             except (sqlite3.Error, OSError, ValueError) as exc:
                 warn_once("fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc)
+
+    def _retire(self, db: sqlite3.Connection, journal: tuple[int, str] | None, close: bool = True) -> None:
+        """Fold the rest of a journal nobody appends to any more, then remove it (file, then offset:
+        no crash in between can fold a line twice)."""
+        if journal is None:
+            return
+        fd, name = journal
+        try:
+            self._fold(db, name, fd, None)
+            os.unlink(self.path.parent / name)
+            self._contexts.pop(name, None)
+            db.execute("DELETE FROM meta WHERE key = ?", (_JOURNAL_KEY + name,))
+        finally:
+            if close:
+                os.close(fd)
 
     def take(self, limit: int) -> list[Outgoing]:
         self.ingest()
@@ -261,7 +275,7 @@ class SqliteSpool:
         with self._lock:
             if self._db is not None:
                 with contextlib.suppress(sqlite3.Error, OSError):
-                    self._forget(self._db, self._journal.retire(force=True) if self._journal else None)
+                    self._retire(self._db, self._journal.detach(force=True) if self._journal else None)
                 self._db.close()
                 self._db = None
 
@@ -309,12 +323,6 @@ class SqliteSpool:
                 db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(end)))
             offset = end
 
-    def _forget(self, db: sqlite3.Connection, name: str | None) -> None:
-        """A journal file is gone: drop its offset (after the file, so no crash can fold it twice)."""
-        if name is not None:
-            self._contexts.pop(name, None)
-            db.execute("DELETE FROM meta WHERE key = ?", (_JOURNAL_KEY + name,))
-
     def _insert(self, db: sqlite3.Connection, events: Sequence[Outgoing]) -> None:
         """Store events (inside a transaction), evicting the oldest when past the size cap."""
         now = time.time()
@@ -341,18 +349,19 @@ class SqliteSpool:
         total = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0])
         target = self.max_bytes if total <= self.max_bytes else self.max_bytes * 9 // 10
         evicted = freed = 0
+        last = -1  # the newest id evicted so far: one range DELETE at the end
         while total - freed > target:
-            oldest = db.execute("SELECT id, size FROM events ORDER BY id LIMIT 256").fetchall()
-            if not oldest:
+            oldest = db.execute("SELECT id, size FROM events WHERE id > ? ORDER BY id LIMIT 1024", (last,))
+            rows = oldest.fetchall()
+            if not rows:
                 break
-            for row_id, size in oldest:
+            for row_id, size in rows:
                 if total - freed <= target:
                     break
-                db.execute("DELETE FROM events WHERE id = ?", (row_id,))
-                freed += size
-                evicted += 1
+                last, freed, evicted = row_id, freed + size, evicted + 1
         self._bytes_estimate = total - freed
         if evicted:
+            db.execute("DELETE FROM events WHERE id <= ?", (last,))
             db.execute("UPDATE counters SET value = value + ? WHERE name = 'evicted'", (evicted,))
 
     def _uuids_in_db(self, events: Sequence[Outgoing]) -> set[str]:

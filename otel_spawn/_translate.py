@@ -20,7 +20,6 @@ from functools import cached_property
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.util.types import Attributes
 
 from otel_spawn import _constants as c
 from otel_spawn._posthog import Event, Outgoing, encode_json
@@ -74,12 +73,16 @@ def _ms(ns: int) -> int:
     return round(ns / 1_000_000)
 
 
-def _strip(attrs: Attributes, prefix: str) -> dict[str, Any]:
-    return {k[len(prefix) :]: _plain(v) for k, v in (attrs or {}).items() if k.startswith(prefix)}
-
-
-def _plain(value: object) -> object:
-    return list(value) if isinstance(value, tuple) else value
+def _app_attributes(attrs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The funnel context and the product properties among a span's attributes (prefixes removed)."""
+    context: dict[str, Any] = {}
+    properties: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if key.startswith(c.CONTEXT_PREFIX):
+            context[key[len(c.CONTEXT_PREFIX) :]] = list(value) if isinstance(value, tuple) else value
+        elif key.startswith(c.PROPERTY_PREFIX):
+            properties[key[len(c.PROPERTY_PREFIX) :]] = list(value) if isinstance(value, tuple) else value
+    return context, properties
 
 
 def exception_frames(stacktrace: str) -> list[dict[str, Any]]:
@@ -193,8 +196,9 @@ def _parts(record: SpanRecord, ctx: EventContext) -> list[tuple[str, str, str, d
         return []
     end: int = record["e"]
     trace_id = f"{record['t']:032x}"
+    context, properties = _app_attributes(attrs)
     common: dict[str, Any] = {
-        **_strip(attrs, c.CONTEXT_PREFIX),
+        **context,
         "funnel": attrs.get(c.ATTR_FUNNEL),
         "funnel_id": trace_id if in_funnel else None,
         "trace_id": trace_id,
@@ -210,11 +214,11 @@ def _parts(record: SpanRecord, ctx: EventContext) -> list[tuple[str, str, str, d
     out: list[tuple[str, dict[str, Any]]] = []
 
     if kind == c.KIND_EVENT:
-        out.append((step, _strip(attrs, c.PROPERTY_PREFIX)))
+        out.append((step, properties))
     elif kind == c.KIND_STEP:
         if outcome in (None, "completed"):
             props = {"step": step, "step_duration_ms": _ms(end - (record["b"] or end))}
-            out.append((f"{ctx.prefix}{step}", {**props, **_strip(attrs, c.PROPERTY_PREFIX)}))
+            out.append((f"{ctx.prefix}{step}", {**props, **properties}))
         elif exc is not None:
             out.append(("$exception", {"step": step, **_exception_props(exc)}))
     elif kind == c.KIND_ERROR and exc is not None:
