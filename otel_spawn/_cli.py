@@ -170,7 +170,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_funnel(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from otel_spawn import _report
+    from otel_spawn import _report, _report_render
 
     settings = _settings(args)
     progress = _report.Progress(sys.stderr)
@@ -201,15 +201,15 @@ def cmd_funnel(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     if args.html:
         try:
-            Path(args.html).write_text(_report.render_html(report), encoding="utf-8")
+            Path(args.html).write_text(_report_render.render_html(report), encoding="utf-8")
         except OSError as exc:
             print(f"otel-spawn: cannot write {args.html}: {exc.strerror or exc}", file=sys.stderr)
             return 2
         print(f"wrote {args.html}", file=sys.stderr)
     if args.json:
-        print(json.dumps(_report.render_json(report), indent=2))
+        print(json.dumps(_report_render.render_json(report), indent=2))
     else:
-        print(_report.render_text(report), end="")
+        print(_report_render.render_text(report), end="")
     return 0
 
 

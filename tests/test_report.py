@@ -18,20 +18,16 @@ from otel_spawn import _report
 from otel_spawn._errors import ConfigError
 from otel_spawn._local import LocalStore
 from otel_spawn._report import (
-    JSON_SCHEMA,
     PROGRESS_EVERY,
     FunnelReport,
     Problems,
     Progress,
     counted,
-    format_ms,
     funnel_report,
     parse_timestamp,
     read_events_file,
-    render_html,
-    render_json,
-    render_text,
 )
+from otel_spawn._report_render import JSON_SCHEMA, format_ms, render_html, render_json, render_text
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 STEPS = ["funnel_started", "funnel_vm_ready", "funnel_handoff"]
