@@ -6,7 +6,8 @@ STEPS `with otel_spawn.step(...)` blocks, so the sender keeps failing and backin
 fills up to its cap and then evicts its oldest events. Reported: peak RSS (VmHWM, sampled along the
 way; ru_maxrss is kept too, but it also counts the parent's RSS at fork, which Linux keeps over exec),
 the spool's counted bytes against its cap, its size on disk (database + WAL), events evicted and
-kept, and the time taken. Goal: peak RSS <= 150 MB and the spool within its cap.
+kept, the largest size of the spool's journal (records not yet folded into SQLite) at the sample
+points, and the time taken. Goal: peak RSS <= 150 MB and the spool within its cap.
 
 The run takes STEPS x the per-step cost of goal 1 (bench_step.py). The exit-time flusher is turned
 off for this child (OTEL_SPAWN_FLUSHER_SECONDS=0): bench_exit.py measures it.
@@ -44,6 +45,15 @@ def _ru_maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _journal_bytes(home: Path) -> int:
+    """The spool's journal files on disk now (records not yet folded into SQLite)."""
+    total = 0
+    for path in home.glob("*journal-*"):
+        with contextlib.suppress(OSError):  # folded and removed meanwhile
+            total += path.stat().st_size
+    return total
+
+
 def _child(steps: int) -> dict[str, Any]:
     import otel_spawn
     from otel_spawn import _state
@@ -64,7 +74,7 @@ def _child(steps: int) -> dict[str, Any]:
     cap = telemetry.settings.spool_max_bytes
     rss_configured = _peak_rss_mb()
     every = max(1, steps // SAMPLES)
-    trajectory: list[tuple[int, float, float]] = []  # (steps done, seconds, peak RSS MB)
+    trajectory: list[tuple[int, float, float, int]] = []  # (steps done, seconds, peak RSS MB, journal bytes)
     step = otel_spawn.step
     start = time.perf_counter()
     with otel_spawn.funnel("bench", agent="claude", cloud="hetzner"):
@@ -73,10 +83,10 @@ def _child(steps: int) -> dict[str, Any]:
                 pass
             if done % every == 0:
                 elapsed = time.perf_counter() - start
-                trajectory.append((done, elapsed, _peak_rss_mb()))
+                trajectory.append((done, elapsed, _peak_rss_mb(), _journal_bytes(home)))
                 progress(
                     f"memory: {done:,} steps, {elapsed:.0f} s ({elapsed / done * 1e6:.0f} us/step), "
-                    f"peak RSS {trajectory[-1][2]:.0f} MB"
+                    f"peak RSS {trajectory[-1][2]:.0f} MB, journal {trajectory[-1][3] / MiB:.2f} MiB"
                 )
     elapsed = time.perf_counter() - start
     otel_spawn.shutdown()
@@ -97,6 +107,7 @@ def _child(steps: int) -> dict[str, Any]:
         "spool_bytes": status.bytes,
         "spool_cap_bytes": cap,
         "spool_on_disk_bytes": on_disk,
+        "journal_max_bytes": max(point[3] for point in trajectory),
         "spool_events": status.depth,
         "evicted": status.evicted,
         "events": status.depth + status.evicted + telemetry.delivery.sent,
@@ -121,7 +132,8 @@ def rows(figures: dict[str, Any]) -> list[Row]:
             "6",
             f"{figures['steps']:,} steps, endpoint down: peak RSS; spool bytes / cap",
             f"{rss:.0f} MB; {spool / MiB:.2f} / {cap / MiB:.0f} MiB "
-            f"({figures['spool_on_disk_bytes'] / MiB:.1f} MiB on disk), {figures['evicted']:,} evicted",
+            f"({figures['spool_on_disk_bytes'] / MiB:.1f} MiB on disk; journal <= "
+            f"{figures['journal_max_bytes'] / MiB:.1f} MiB), {figures['evicted']:,} evicted",
             f"took {figures['seconds']:.0f} s ({figures['us_per_step']:.0f} us/step)",
             "-",
             f"<= {GOAL_RSS_MB:g} MB; <= cap",

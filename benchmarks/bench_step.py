@@ -10,7 +10,10 @@ with it: `with tracer.start_as_current_span("work")` on a bare SDK TracerProvide
 BatchSpanProcessor and a no-op exporter. Two endpoints: down (an unused port: the sender backs off,
 events accumulate and, past the spool cap, are evicted) and live (the fast capture endpoint in
 another process: the sender thread drains while the host works, and competes with it for the GIL).
-Every figure is a median over REPEATS samples of STEPS steps. Goal: <= 2x and <= 40 us.
+Every figure is a median over REPEATS samples of STEPS steps, taken twice from the same loops: the
+CPU time of the host's thread (what the goal names: the cost on the host's thread), and the wall
+clock, which also counts what the sender thread takes from the host through the GIL while it
+translates, stores and sends concurrently. Goal: <= 2x and <= 40 us.
 
 A breakdown of one step (down endpoint) shows where the time goes: each stage timed alone on a real
 finished step span (and the sender thread's fold, per record, which is not on the host's thread),
@@ -39,10 +42,12 @@ from benchlib import (
     emit,
     median,
     per_call_us,
+    per_call_wall_and_thread_us,
     progress,
     ratio,
     run_child,
     unused_port,
+    verdict,
 )
 from benchlib import table as render_table
 
@@ -127,16 +132,21 @@ def _child(mode: str, steps: int, repeats: int) -> dict[str, Any]:
     if mode == "down":
         loops["step, notify() a no-op"] = _without_wakeups(ours)
     samples: dict[str, list[float]] = {name: [] for name in loops}
+    thread: dict[str, list[float]] = {name: [] for name in loops}
     with otel_spawn.funnel("bench"):
         for loop in loops.values():  # warm up
             loop(steps // 5)
         for repeat in range(repeats):  # interleaved: drift hits every variant alike
             for name, loop in loops.items():
-                samples[name].append(per_call_us(loop, steps))
+                wall_us, thread_us = per_call_wall_and_thread_us(loop, steps)
+                samples[name].append(wall_us)
+                thread[name].append(thread_us)
             if repeat % 5 == 4:
                 progress(f"step ({mode}): {repeat + 1}/{repeats} samples")
     figures: dict[str, Any] = {name: median(values) for name, values in samples.items()}
+    figures["thread_us"] = {name: median(values) for name, values in thread.items()}
     figures["samples_us"] = samples
+    figures["thread_samples_us"] = thread
     if mode == "down":
         figures["breakdown_us"] = _breakdown(telemetry, home, steps)
     otel_spawn.shutdown()
@@ -257,23 +267,27 @@ def run(steps: int = STEPS, repeats: int = REPEATS) -> dict[str, object]:
 
 
 def rows(figures: dict[str, Any]) -> list[Row]:
+    """The goal on the host's thread (its CPU time per step), then the wall clock of the same loops,
+    which also counts what the sender thread takes from the host through the GIL while it works."""
     out = []
-    for mode, label in (("down", "endpoint down"), ("live", "endpoint up")):
-        f = figures[mode]
-        for variant, name in (("step", "`with step()`"), ("wrapped", "spec-wrapped call")):
-            us, bare = f[variant], f["bare"]
-            ok = us <= GOAL_US and us / bare <= GOAL_RATIO
-            out.append(
-                Row(
-                    "1",
-                    f"per-step cost, {name}, {label}",
-                    f"{us:.1f} us",
-                    f"bare SDK span + BSP {bare:.1f} us",
-                    ratio(us, bare),
-                    f"<= {GOAL_RATIO:g}x and <= {GOAL_US:g} us",
-                    "PASS" if ok else "MISS",
+    for clock in ("thread", "wall"):
+        for mode, label in (("down", "endpoint down"), ("live", "endpoint up")):
+            f = figures[mode]
+            times = f["thread_us"] if clock == "thread" else f
+            for variant, name in (("step", "`with step()`"), ("wrapped", "spec-wrapped call")):
+                us, bare = times[variant], times["bare"]
+                what = "host thread CPU" if clock == "thread" else "wall clock, tight loop"
+                out.append(
+                    Row(
+                        "1",
+                        f"per-step cost ({what}), {name}, {label}",
+                        f"{us:.1f} us",
+                        f"bare SDK span + BSP {bare:.1f} us",
+                        ratio(us, bare),
+                        f"<= {GOAL_RATIO:g}x and <= {GOAL_US:g} us",
+                        verdict(us <= GOAL_US and us / bare <= GOAL_RATIO),
+                    )
                 )
-            )
     return out
 
 

@@ -47,7 +47,9 @@ def _runners(quick: bool, memory_steps: int) -> dict[str, Callable[[], dict[str,
     return {
         "step": lambda: bench_step.run(steps=200, repeats=5) if quick else bench_step.run(),
         "scrub": bench_scrub_peers.run,
-        "export": lambda: bench_export.run(events=2_000, repeats=2) if quick else bench_export.run(),
+        "export": lambda: (
+            bench_export.run(events=2_000, repeats=2, sustained=10_000) if quick else bench_export.run()
+        ),
         "startup": lambda: bench_startup.run(repeats=5) if quick else bench_startup.run(),
         "exit": lambda: bench_exit.run(3, 1, 2) if quick else bench_exit.run(),
         "memory": lambda: bench_memory.run(steps=memory_steps),
