@@ -73,7 +73,7 @@ def _notes(figures: dict[str, Any]) -> list[str]:
         notes.extend(bench_step.breakdown_lines(figures["step"]))
     if "startup" in figures:
         slowest = ", ".join(f"{name} {ms:.0f} ms" for name, ms in figures["startup"]["slowest_imports_ms"])
-        notes.append(f"slowest imports under `import otel_spawn`: {slowest}")
+        notes.append(f"slowest imports of `import otel_spawn; otel_spawn.configure()`: {slowest}")
     if "exit" in figures:
         off = {who: figures["exit"][who]["off_s"] * 1000 for who in ("otel-spawn", *bench_exit.PEERS)}
         notes.append("telemetry-off run times: " + ", ".join(f"{who} {ms:.0f} ms" for who, ms in off.items()))

@@ -14,11 +14,6 @@ from otel_spawn import _constants as c
 from otel_spawn._errors import ConfigError
 from otel_spawn._scrubber import ScrubOptions
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 EXPORTERS = ("posthog", "otlp", "console", "local", "none")
 DEFAULT_EXPORTERS = ("local",)
 DEFAULT_SPOOL_BYTES = 10 * 1024 * 1024
@@ -144,6 +139,11 @@ def find_config_file(environ: Mapping[str, str], cwd: Path) -> tuple[Path | None
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
+    # Imported here: most runs have no config file, and tomllib costs ~3 ms of start-up.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)

@@ -22,6 +22,8 @@ _FALSE = {"0", "false", "no", "off"}
 
 @dataclass(frozen=True)
 class Decision:
+    """Whether telemetry is on, and the setting that decided it."""
+
     enabled: bool
     reason: str
 

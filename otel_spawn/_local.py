@@ -8,12 +8,14 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
 from otel_spawn import _sqlite
-from otel_spawn._posthog import Event
+
+if TYPE_CHECKING:  # a type only: the local sink does not load the PostHog client
+    from otel_spawn._posthog import Event
 
 LOCAL_DB = "local.sqlite3"
 

@@ -6,6 +6,7 @@ exporter (or the disk) before it has been scrubbed.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sqlite3
@@ -24,22 +25,20 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 from otel_spawn import _config, _gates, _state
 from otel_spawn._children import install_child_propagation
-from otel_spawn._delivery import DeliveryStats, Sender
 from otel_spawn._errors import ConfigError
 from otel_spawn._exporters import ExportOnEnd, LocalSpanExporter, PostHogSpanExporter
 from otel_spawn._funnel import inherit_funnel, use_tracer_provider
 from otel_spawn._guard import guarded, under_pytest, warn_once
-from otel_spawn._hooks import install_exception_hooks
 from otel_spawn._local import LocalStore
-from otel_spawn._posthog import PostHogClient
 from otel_spawn._scrub_processor import ScrubbingSpanProcessor
 from otel_spawn._scrubber import Scrubber, ScrubOptions, default_scrubber
-from otel_spawn._spool import SqliteSpool
 from otel_spawn._translate import EventContext
 from otel_spawn._version import __version__
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the posthog pipeline is imported by `posthog_exporter`, when it is used
     import httpx
+
+    from otel_spawn._delivery import DeliveryStats
 
 _CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "CIRCLECI", "TF_BUILD", "JENKINS_URL")
 _REMOTE = {"posthog", "otlp"}
@@ -55,13 +54,19 @@ class Telemetry:
     provider: TracerProvider | None = None
     distinct_id: str | None = None
     scrubber: Scrubber = field(default_factory=Scrubber)
-    delivery: DeliveryStats = field(default_factory=DeliveryStats)
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def enabled(self) -> bool:
         return self.decision.enabled
+
+    @functools.cached_property
+    def delivery(self) -> DeliveryStats:
+        """Counters of the PostHog sender (all zero without the posthog exporter)."""
+        from otel_spawn._delivery import DeliveryStats
+
+        return DeliveryStats()
 
     def force_flush(self, timeout_millis: int = 5_000) -> bool:
         return self.provider.force_flush(timeout_millis) if self.provider else True
@@ -152,6 +157,11 @@ def posthog_exporter(
     stats: DeliveryStats | None = None,
 ) -> PostHogSpanExporter:
     """The PostHog exporter: events go to the durable spool; a background sender delivers them."""
+    # Imported here, not at the top: a run without the posthog exporter never loads them.
+    from otel_spawn._delivery import DeliveryStats, Sender
+    from otel_spawn._posthog import PostHogClient
+    from otel_spawn._spool import SqliteSpool
+
     key = settings.posthog.api_key
     assert key is not None  # checked by _config.resolve
     client = PostHogClient(host=settings.posthog.host, api_key=key, client=http_client)
@@ -287,6 +297,8 @@ def configure(
 
         instrument_spec(spec)
     if capture_exceptions:
+        from otel_spawn._hooks import install_exception_hooks  # opt-in: imported only when asked for
+
         install_exception_hooks()
     return telemetry
 
