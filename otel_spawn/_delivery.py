@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from otel_spawn._fork import reset_after_fork
 from otel_spawn._guard import logger, warn_once
 from otel_spawn._posthog import Event, Outcome, Outgoing, PostHogClient, Verdict
 from otel_spawn._translate import EventContext, SpanRecord, translate_record
@@ -122,6 +123,12 @@ class Sender:
         self._attempt = 0
         self._not_before = 0.0
         self._in_flight: list[Outgoing] = []
+        reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: no sender thread yet (the parent's did not survive the fork)."""
+        self._wake, self._stop, self._lock = threading.Event(), threading.Event(), threading.Lock()
+        self._thread, self._notified, self._in_flight = None, False, []
 
     def notify(self) -> None:
         """Events are waiting: start the thread if needed and wake it (once per round, not per event)."""

@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import weakref
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from otel_spawn._fork import reset_after_fork
 
 try:
     import fcntl
@@ -33,8 +35,9 @@ SUFFIX = ".jsonl"
 READ_CHUNK = 4 << 20  # fold at most this many bytes per transaction
 ROTATE_BYTES = 1 << 20  # start a new journal once this much has been folded
 
+TEMPORARY_GRACE_SECONDS = 60.0  # a leftover temporary younger than this may be a journal being created
+
 AVAILABLE = fcntl is not None
-_live: weakref.WeakSet[Journal] = weakref.WeakSet()
 
 
 class Journal:
@@ -45,19 +48,28 @@ class Journal:
         self.owner = owner
         self.fd: int | None = None
         self.name = ""
+        self.size = 0  # bytes of the current file written (complete lines only)
         self.offset = 0  # bytes of the current file folded into SQLite so far
+        self.appending = True  # False after a failed write: what is in the file is still folded
         self._generation = 0
         self.lock = threading.Lock()  # appends vs. rotation
-        _live.add(self)
+        reset_after_fork(self)
 
     def append(self, data: bytes, header: bytes) -> None:
-        """Write complete lines; `header` starts a new file. Raises OSError (the caller falls back)."""
+        """Write complete lines; `header` starts a new file. On OSError nothing of `data` stays in
+        the file (a partial write is cut off again) and the caller stores the records another way."""
         with self.lock:
             if self.fd is None:
                 self._create(header)
             assert self.fd is not None
-            if os.write(self.fd, data) != len(data):
-                raise OSError("short write to the journal (disk full?)")
+            try:
+                if os.write(self.fd, data) != len(data):
+                    raise OSError("short write to the journal (disk full?)")
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, self.size)
+                raise
+            self.size += len(data)
 
     def _create(self, header: bytes) -> None:
         self._generation += 1
@@ -74,7 +86,7 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
-        self.name, self.offset = name, 0
+        self.name, self.offset, self.size = name, 0, len(header)
         self.fd = fd  # last: the sender reads fd without the lock
 
     def detach(self, force: bool = False) -> tuple[int, str] | None:
@@ -89,10 +101,10 @@ class Journal:
             return old
 
     def _after_fork(self) -> None:
-        """A forked child writes a journal of its own (the parent's lock stays the parent's)."""
+        """A forked child writes a journal of its own (the parent's file and lock stay the parent's)."""
         if self.fd is not None:
             with contextlib.suppress(OSError):
-                os.close(self.fd)
+                os.close(self.fd)  # the child's copy: the parent keeps its lock
         self.fd = None
         self.owner = f"{self.owner}.{os.getpid()}"
         self.lock = threading.Lock()
@@ -134,6 +146,8 @@ def orphans(home: Path) -> Iterator[tuple[str, int]]:
     except OSError:
         return
     for name in entries:
+        if name.startswith(".") and not _older_than(home / name, TEMPORARY_GRACE_SECONDS):
+            continue  # may be a journal another process is creating right now (not yet locked)
         try:
             fd = os.open(home / name, os.O_RDWR)
         except OSError:
@@ -154,10 +168,23 @@ def orphans(home: Path) -> Iterator[tuple[str, int]]:
             os.close(fd)
 
 
-def _reset_after_fork() -> None:
-    for journal in list(_live):
-        journal._after_fork()
+def pending(home: Path) -> bool:
+    """True if any journal (this process's or another's) exists in `home`: cheap, no locking."""
+    try:
+        with os.scandir(home) as entries:
+            return any(e.name.startswith(PREFIX) and e.name.endswith(SUFFIX) for e in entries)
+    except OSError:
+        return False
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+def set_aside(home: Path, name: str) -> None:
+    """Rename an unreadable journal out of the way (kept for inspection, never folded again)."""
+    with contextlib.suppress(OSError):
+        os.replace(home / name, home / f"{name}.unreadable")
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return path.stat().st_mtime < time.time() - seconds
+    except OSError:
+        return False

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from otel_spawn._fork import reset_after_fork
 from otel_spawn._version import __version__
 
 if TYPE_CHECKING:
@@ -115,6 +116,13 @@ class PostHogClient:
         self._started: object = None  # the batch whose request has begun writing
         self._abandoned: object = None  # the batch that must not be written any more
         self._lock = threading.Lock()
+        reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: connections of its own (the parent's are dropped, never closed here)."""
+        self._lock = threading.Lock()
+        if self._owns_client:
+            self._client = None
 
     def _trace(self, batch: object, name: str, info: dict[str, Any]) -> None:
         if ".send_request_headers.started" in name:

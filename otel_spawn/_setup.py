@@ -172,6 +172,7 @@ def posthog_exporter(
 
     @guarded("posthog exit", None)
     def after_shutdown() -> None:
+        spool.ingest(orphans=False)  # this run's journal into SQLite, before a flusher looks
         # A batch still in flight keeps its claim: if the server got it, resending now would
         # duplicate it; if not, another sender takes it over when the lease expires.
         if spool.degraded and spool.depth():  # in memory only: this is their last chance (bounded)
@@ -180,13 +181,13 @@ def posthog_exporter(
         # Leftovers of a healthy endpoint go to a background flusher; during an outage (this run
         # failed to deliver) they wait in the spool for the next run or `otel-spawn flush`.
         healthy = stats.last_error is None
-        if healthy and not spool.degraded and not under_pytest() and spool.depth():
+        if healthy and not spool.degraded and not under_pytest() and spool.pending():
             from otel_spawn._flush import spawn_flusher
 
             spawn_flusher(settings)
         spool.close()
 
-    if spool.depth():  # left over by an earlier run: send them too
+    if spool.pending():  # left over by an earlier run: send them too (the sender folds, not the host)
         sender.notify()
     return PostHogSpanExporter(context=context, outbox=spool, sender=sender, after_shutdown=after_shutdown)
 

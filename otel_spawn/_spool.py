@@ -32,12 +32,14 @@ from pathlib import Path
 from otel_spawn import _journal, _sqlite
 from otel_spawn._config import DEFAULT_SPOOL_BYTES
 from otel_spawn._delivery import MemoryOutbox
+from otel_spawn._fork import reset_after_fork
 from otel_spawn._guard import warn_once
 from otel_spawn._posthog import Event, Outgoing, encode_json
 from otel_spawn._translate import EventContext, SpanRecord, encode_record, translate_record
 
 SPOOL_DB = "spool.sqlite3"
 LEASE_SECONDS = 30.0
+ORPHAN_SCAN_SECONDS = 30.0  # how often a running process looks for journals of processes that died
 
 
 _SCHEMA = """
@@ -88,11 +90,13 @@ class SqliteSpool:
         self._journal = _journal.Journal(home, self.owner) if _journal.AVAILABLE else None
         self._header: tuple[EventContext, bytes] | None = None
         self._contexts: dict[str, EventContext] = {}  # journal name -> its header
-        self._orphans_folded = False
+        self._orphan_scan_due = 0.0  # monotonic time of the next look for dead processes' journals
+        self._inherited_db: sqlite3.Connection | None = None  # a forked child's copy of the parent's
         try:
             self._db = _open(self.path)
         except (sqlite3.Error, OSError) as exc:
             self._degrade("open", exc)
+        reset_after_fork(self)
 
     @property
     def degraded(self) -> bool:
@@ -104,17 +108,17 @@ class SqliteSpool:
     def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None:
         """On the host's thread: journal the records (one write), or store their events directly."""
         journal = self._journal
-        if journal is not None and self._db is not None:
+        if journal is not None and journal.appending and self._db is not None:
             try:
                 journal.append(
                     "".join([encode_json(r) + "\n" for r in records]).encode(), self._header_of(context)
                 )
                 return
-            except OSError as exc:
+            except OSError as exc:  # what the journal holds is still folded; new records skip it
                 warn_once(
                     "journal", "otel-spawn: cannot write the spool journal (%s); writing SQLite directly", exc
                 )
-                self._journal = None
+                journal.appending = False
         self.put([event for record in records for event in translate_record(record, context)])
 
     def put(self, events: Sequence[Event]) -> None:
@@ -127,26 +131,57 @@ class SqliteSpool:
             self._degrade("write", exc)
             self._memory.put(events)
 
-    def ingest(self) -> None:
-        """Fold journals into SQLite: this process's new lines, and (once) those of dead processes."""
-        if self._journal is None and self._orphans_folded:
+    def ingest(self, orphans: bool = True) -> None:
+        """Fold journals into SQLite: this process's new lines, and (every ORPHAN_SCAN_SECONDS, unless
+        `orphans` is False) those of processes that died or exited without folding (forked workers)."""
+        journal = self._journal
+        scan = orphans and time.monotonic() >= self._orphan_scan_due
+        if (journal is None or journal.fd is None) and not scan:
             return
         with self._lock:
             db = self._db
             if db is None:
                 return
-            try:
-                journal = self._journal
-                fd = journal.fd if journal is not None else None
-                if journal is not None and fd is not None:
-                    journal.offset = self._fold(db, journal.name, fd, journal.offset)
+            fd = journal.fd if journal is not None else None
+            if journal is not None and fd is not None:
+                try:
+                    self._fold(db, journal.name, fd, journal)
                     self._retire(db, journal.detach())
-                if not self._orphans_folded:
-                    self._orphans_folded = True
-                    for name, orphan in _journal.orphans(self.path.parent):
-                        self._retire(db, (orphan, name), close=False)
-            except (sqlite3.Error, OSError, ValueError) as exc:
-                warn_once("fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc)
+                except Exception as exc:  # retried at the next round
+                    warn_once(
+                        "fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc
+                    )
+            if scan:
+                self._orphan_scan_due = time.monotonic() + ORPHAN_SCAN_SECONDS
+                self._fold_orphans(db)
+
+    def pending(self) -> bool:
+        """Cheap (for the host's thread): is anything spooled or journaled, by any process?"""
+        if self._memory.depth() or _journal.pending(self.path.parent):
+            return True
+        try:
+            with self._read() as db:
+                return db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
+        except (_Degraded, sqlite3.Error):
+            return False
+
+    def _fold_orphans(self, db: sqlite3.Connection) -> None:
+        home = self.path.parent
+        try:
+            for name, fd in _journal.orphans(home):
+                try:
+                    self._retire(db, (fd, name), close=False)
+                except (sqlite3.Error, OSError) as exc:  # the disk or database: the next scan retries
+                    warn_once(
+                        "fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc
+                    )
+                except Exception as exc:  # its content: it would fail the same way every time
+                    _journal.set_aside(home, name)
+                    warn_once(
+                        "journal-unreadable", "otel-spawn: set aside unreadable journal %s (%s)", name, exc
+                    )
+        except OSError as exc:
+            warn_once("fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc)
 
     def _retire(self, db: sqlite3.Connection, journal: tuple[int, str] | None, close: bool = True) -> None:
         """Fold the rest of a journal nobody appends to any more, then remove it (file, then offset:
@@ -271,13 +306,26 @@ class SqliteSpool:
 
     def close(self) -> None:
         """Fold and remove this process's journal (if it cannot be, a later process folds it)."""
-        self.ingest()
+        self.ingest(orphans=False)  # others' are left to the sender or flusher of a later process
         with self._lock:
             if self._db is not None:
-                with contextlib.suppress(sqlite3.Error, OSError):
+                with contextlib.suppress(Exception):
                     self._retire(self._db, self._journal.detach(force=True) if self._journal else None)
                 self._db.close()
                 self._db = None
+
+    def _after_fork(self) -> None:
+        """In a forked child: a lock and a connection of its own (the parent's lock may have been held
+        at fork, and an SQLite connection must not be used across fork: it is kept, never touched)."""
+        self._lock = threading.Lock()
+        self._inherited_db = self._db
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if self._db is not None:
+            try:
+                self._db = _open(self.path)
+            except (sqlite3.Error, OSError) as exc:
+                self._db = None
+                self._degrade("open", exc)
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -299,29 +347,33 @@ class SqliteSpool:
             self._contexts[name] = context
         return context
 
-    def _fold(self, db: sqlite3.Connection, name: str, fd: int, offset: int | None) -> int:
-        """Translate and store the complete lines of journal `name` after `offset` (None: where the
-        spool last got to); returns the new offset. Each chunk commits with its offset, so no line is
-        stored twice, even by a process that picks the journal up after this one died."""
+    def _fold(self, db: sqlite3.Connection, name: str, fd: int, own: _journal.Journal | None = None) -> None:
+        """Translate and store the complete lines of journal `name` not folded yet: after `own.offset`
+        for this process's journal, else after the offset recorded in the spool. Each chunk commits
+        with its offset, so no line is stored twice, even by a process that takes over the journal."""
         key = _JOURNAL_KEY + name
-        if offset is None:
+        if own is not None:
+            offset = own.offset
+        else:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             offset = int(row[0]) if row else 0
         while True:
             lines, end = _journal.new_lines(fd, offset)
             if not lines:
-                return offset
+                return
             context = self._context_of(name, fd)
             events: list[Outgoing] = []
             for record in _records(lines[1:] if offset == 0 else lines):  # the first line is the header
                 try:
                     events.extend(encode_record(record, context))
-                except (KeyError, TypeError, ValueError) as exc:
+                except Exception as exc:  # a record of another shape (another version?): skip it
                     warn_once("journal-line", "otel-spawn: skipped an unreadable journal record (%s)", exc)
             with _sqlite.transaction(db):
                 self._insert(db, events)
                 db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(end)))
             offset = end
+            if own is not None:
+                own.offset = end  # at once: a failure in the next chunk must not fold this one again
 
     def _insert(self, db: sqlite3.Connection, events: Sequence[Outgoing]) -> None:
         """Store events (inside a transaction), evicting the oldest when past the size cap."""

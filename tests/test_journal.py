@@ -6,8 +6,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sqlite3
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,18 +151,129 @@ def test_an_unreadable_line_is_skipped_with_a_warning(home: Path, caplog: pytest
 def test_a_journal_that_cannot_be_written_falls_back_to_sqlite(
     home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A failing journal write costs a warning: the events go to SQLite directly from then on."""
+    """A failing journal write costs a warning: the events go to SQLite directly from then on, what
+    the journal already held is still folded, and a partial write is cut off (nothing twice)."""
     spool = SqliteSpool(home)
+    spool.put_records([record(1)], CTX)
+    real_write = os.write
 
-    def fail(self: _journal.Journal, data: bytes, header: bytes) -> None:
-        raise OSError(28, "No space left on device")
+    def disk_full(fd: int, data: bytes) -> int:
+        return real_write(fd, data[:10])  # a short write, as on a full disk
 
-    monkeypatch.setattr(_journal.Journal, "append", fail)
+    monkeypatch.setattr(os, "write", disk_full)
     with caplog.at_level(logging.WARNING, logger="otel_spawn"):
-        spool.put_records([record(1)], CTX)
         spool.put_records([record(2)], CTX)
+        spool.put_records([record(3)], CTX)
+    monkeypatch.undo()
     assert caplog.text.count("cannot write the spool journal") == 1
-    assert stored(home) == 2
+    assert stored(home) == 2  # 2 and 3, straight into SQLite
+    assert sorted(names(spool)) == ["funnel_step_1", "funnel_step_2", "funnel_step_3"]
+    assert "unreadable" not in caplog.text  # the cut-off line was removed, not skipped
+    spool.close()
+    assert journals(home) == []
+
+
+def test_a_fold_that_fails_half_way_never_stores_a_line_twice(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks commit one by one; after a failure the next fold starts after the last committed one."""
+    monkeypatch.setattr(_journal, "READ_CHUNK", 600)  # a few records per chunk
+    spool = SqliteSpool(home)
+    spool.put_records([record(n) for n in range(12)], CTX)
+    real_insert = SqliteSpool._insert
+    calls = []
+
+    def fail_second(self: SqliteSpool, db: sqlite3.Connection, events: Any) -> None:
+        calls.append(len(events))
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("database is locked")
+        real_insert(self, db, events)
+
+    monkeypatch.setattr(SqliteSpool, "_insert", fail_second)
+    spool.ingest()
+    first = spool.take(100)
+    spool.ack(first)  # delivered: folding these lines again would send them twice
+    spool.ingest()
+    rest = spool.take(100)
+    assert len(calls) > 2
+    assert sorted(e.uuid for e in first + rest) == sorted({e.uuid for e in first + rest})
+    assert len(first) + len(rest) == 12
+    spool.close()
+
+
+def test_an_unreadable_orphan_is_set_aside_and_the_others_still_folded(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead process's journal of another shape (another version, a damaged file) never raises into
+    the host and never blocks the journals after it: it is renamed aside, once."""
+    for n, damage in enumerate([b"", b'{"t": 1, "a": []}\n', b""]):
+        dead = SqliteSpool(home)
+        dead.put_records([record(n)], CTX)
+        if damage:
+            assert dead._journal is not None
+            assert dead._journal.fd is not None
+            os.write(dead._journal.fd, damage)
+        crash(dead)
+    bad_header = home / f"{_journal.PREFIX}foreign-1{_journal.SUFFIX}"
+    bad_header.write_bytes(b'{"not": "a header"}\n{"t": 1}\n')
+    spool = SqliteSpool(home)
+    with caplog.at_level(logging.WARNING, logger="otel_spawn"):
+        assert sorted(names(spool)) == ["funnel_step_0", "funnel_step_1", "funnel_step_2"]
+    assert journals(home) == [home / f"{bad_header.name}.unreadable"]
+    assert "set aside unreadable journal" in caplog.text
+    spool.close()
+
+
+def test_a_young_temporary_is_left_alone_an_old_one_removed(home: Path) -> None:
+    """A hidden temporary may be a journal another process is creating: only stale ones are removed."""
+    spool = SqliteSpool(home)
+    young = home / f".{_journal.PREFIX}other-1{_journal.SUFFIX}"
+    old = home / f".{_journal.PREFIX}other-2{_journal.SUFFIX}"
+    for path in (young, old):
+        path.write_bytes(b"{}\n")
+    stale = os.stat(old).st_mtime - 2 * _journal.TEMPORARY_GRACE_SECONDS
+    os.utime(old, (stale, stale))
+    spool.ingest()
+    assert journals(home) == [young]
+    spool.close()
+
+
+def test_a_child_forked_while_the_spool_was_busy_does_not_hang(home: Path) -> None:
+    """Fork while another thread holds the spool's lock: the child has a lock (and sender) of its own."""
+    from otel_spawn._delivery import Sender
+    from otel_spawn._posthog import PostHogClient
+
+    spool = SqliteSpool(home)
+    sender = Sender(outbox=spool, client=PostHogClient(host="http://127.0.0.1:9", api_key="phc_x"))
+    with spool._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: no pytest machinery from here on
+            code = 1
+            try:
+                spool.put_records([record(1)], CTX)
+                spool.close()
+                code = 0 if sender._thread is None and stored(home) == 1 else 2
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert done[0] == pid, "the child hung"
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    spool.close()
+
+
+def test_configure_leaves_a_dead_run_journal_to_the_sender(home: Path) -> None:
+    """configure() only notes that something is pending; folding is the sender's work, off the host."""
+    dead = SqliteSpool(home)
+    dead.put_records([record(1)], CTX)
+    crash(dead)
+    spool = SqliteSpool(home)
+    assert spool.pending()
+    assert len(journals(home)) == 1  # pending() folded nothing
     spool.close()
 
 
