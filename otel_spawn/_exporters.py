@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from otel_spawn._delivery import Outbox, Sender
 from otel_spawn._guard import guarded
-from otel_spawn._local import LocalStore
-from otel_spawn._posthog import Event
 from otel_spawn._translate import EventContext, span_record, translate
+
+if TYPE_CHECKING:  # not imported at start-up: a run without the posthog exporter never loads them
+    from otel_spawn._delivery import Outbox, Sender
+    from otel_spawn._local import LocalStore
+    from otel_spawn._posthog import Event
 
 
 class ExportOnEnd(SpanProcessor):

@@ -10,7 +10,6 @@ or in whichever process picks up a killed run's journal, with the same result.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import uuid
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from otel_spawn import _constants as c
 from otel_spawn._posthog import Event, Outgoing, encode_json
 
 _UUID_NAMESPACE = uuid.UUID("6f1b1b5e-2c1f-4d0e-9a53-0e1f5a7c9d21")
+_NAMESPACE_BYTES = _UUID_NAMESPACE.bytes
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]*)", line (?P<line>\d+), in (?P<func>.*)$', re.MULTILINE)
 _NOT_APP = ("site-packages", "dist-packages", "/lib/python", "\\lib\\", "<frozen", "<string>")
 
@@ -48,8 +48,10 @@ def event_uuid(trace_id: int, span_id: int, event: str) -> str:
 
     `uuid.uuid5(_UUID_NAMESPACE, name)`, computed without building UUID objects (it runs per event).
     """
+    import hashlib  # here: it loads OpenSSL (~3 ms), and only the sender thread needs it
+
     name = f"{trace_id:032x}-{span_id:016x}-{event}".encode()
-    digest = bytearray(hashlib.sha1(_UUID_NAMESPACE.bytes + name).digest()[:16])
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = digest.hex()
