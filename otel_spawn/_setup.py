@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from otel_spawn import _config, _gates, _state
@@ -148,6 +148,20 @@ def _show_notice(settings: _config.Settings) -> None:
         "DO_NOT_TRACK=1, or `otel-spawn disable`.",
         file=sys.stderr,
     )
+
+
+def _sampler() -> sampling.Sampler:
+    """Every span is recorded: a sampled-out step would be a product event lost (and ALWAYS_ON skips
+    the parent-based check on every span). OTEL_TRACES_SAMPLER is therefore not honoured."""
+    chosen = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if chosen not in ("", "always_on", "parentbased_always_on"):
+        warn_once(
+            "sampler",
+            "otel-spawn: OTEL_TRACES_SAMPLER=%s ignored: product events need every span (sample in your "
+            "collector instead)",
+            chosen,
+        )
+    return sampling.ALWAYS_ON
 
 
 def posthog_exporter(
@@ -283,7 +297,7 @@ def configure(
     resource = Resource.create(
         {"service.name": settings.service_name, "service.version": settings.app_version}
     )
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, sampler=_sampler())
     provider.add_span_processor(
         ScrubbingSpanProcessor(scrubber, _processors(telemetry, context, http_client))
     )

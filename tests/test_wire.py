@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -260,3 +261,17 @@ def test_cli_status_says_which_setting_decided(monkeypatch: pytest.MonkeyPatch) 
     assert re.search(r"telemetry\s+off\ndecided by\s+`otel-spawn disable`", cli("status", env=env).stdout)
     enabled_by_env = cli("status", env={**env, "SPAWN_TELEMETRY": "1"}).stdout
     assert re.search(r"telemetry\s+on\ndecided by\s+SPAWN_TELEMETRY=1", enabled_by_env)
+
+
+def test_a_sampler_setting_never_loses_product_events(
+    capture_server: CaptureServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OTEL_TRACES_SAMPLER=always_off (or a ratio) would drop steps, so their events: it is ignored,
+    with one warning."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    with caplog.at_level(logging.WARNING, logger="otel_spawn"):
+        posthog(capture_server, enabled=True)
+    run_demo()
+    finish()
+    assert [e["event"] for e in capture_server.events] == STEPS
+    assert "OTEL_TRACES_SAMPLER=always_off ignored" in caplog.text
