@@ -60,13 +60,16 @@ class FunnelState:
     active_steps: list[str] = field(default_factory=list)
     inherited: bool = False  # continued from a parent process
     context_changes: int = 0  # bumped by set_context: a step that saw a change re-stamps at its end
+    _attributes: tuple[int, dict[str, AttributeValue]] | None = None  # (context_changes, attributes)
 
     def attributes(self) -> dict[str, AttributeValue]:
-        """The funnel's identity and current context, as span attributes."""
-        out: dict[str, AttributeValue] = {c.ATTR_FUNNEL: self.name, c.ATTR_FUNNEL_START: self.start_ns}
-        for key, value in self.context.items():
-            out[c.CONTEXT_PREFIX + key] = value
-        return out
+        """The funnel's identity and current context, as span attributes (do not modify: shared)."""
+        if self._attributes is None or self._attributes[0] != self.context_changes:
+            out: dict[str, AttributeValue] = {c.ATTR_FUNNEL: self.name, c.ATTR_FUNNEL_START: self.start_ns}
+            for key, value in self.context.items():
+                out[c.CONTEXT_PREFIX + key] = value
+            self._attributes = (self.context_changes, out)
+        return self._attributes[1]
 
     def stamp(self, span: Span) -> None:
         span.set_attributes(self.attributes())

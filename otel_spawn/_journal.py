@@ -1,27 +1,30 @@
 """The spool's journal: one append-only file per process, written on the host's thread when a step ends.
 
-Appending a span record is one write(2), a few microseconds (an SQLite commit costs ~50): the line
+Appending a span record is one write(2), a few microseconds (an SQLite commit costs ~50): the entry
 is in the OS page cache when the step returns, so it survives SIGKILL and os._exit. The sender
-thread folds new lines into the SQLite spool every few tens of milliseconds (recording how far it
+thread folds new entries into the SQLite spool every few tens of milliseconds (recording how far it
 got in the same transaction), and the journal is removed when the spool closes. The journal of a
 process that died is folded in by the next process of the app that opens the spool, or by
 `otel-spawn flush`.
 
 A process holds an exclusive flock on its journal for as long as it lives; the kernel drops it
 when the process dies, however it dies, which is how another process tells an orphan from a live
-journal. The first line is the header (what every event of that process shares), so any process
-can translate the records. Lines are scrubbed span records: nothing unscrubbed reaches the disk.
+journal. The first entry is the header (what every event of that process shares), so any process
+can translate the records. Entries are scrubbed span records: nothing unscrubbed reaches the disk.
 POSIX only (flock); elsewhere the spool writes to SQLite directly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import marshal
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from otel_spawn._fork import reset_after_fork
 
@@ -31,13 +34,14 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 PREFIX = "journal-"
-SUFFIX = ".jsonl"
+SUFFIX = ".journal"
 READ_CHUNK = 4 << 20  # fold at most this many bytes per transaction
 ROTATE_BYTES = 1 << 20  # start a new journal once this much has been folded
 
 TEMPORARY_GRACE_SECONDS = 60.0  # a leftover temporary younger than this may be a journal being created
 
 AVAILABLE = fcntl is not None
+_LENGTH = struct.Struct("<I")
 
 
 class Journal:
@@ -48,7 +52,7 @@ class Journal:
         self.owner = owner
         self.fd: int | None = None
         self.name = ""
-        self.size = 0  # bytes of the current file written (complete lines only)
+        self.size = 0  # bytes of the current file written (whole entries only)
         self.offset = 0  # bytes of the current file folded into SQLite so far
         self.appending = True  # False after a failed write: what is in the file is still folded
         self._generation = 0
@@ -56,8 +60,8 @@ class Journal:
         reset_after_fork(self)
 
     def append(self, data: bytes, header: bytes) -> None:
-        """Write complete lines; `header` starts a new file. On OSError nothing of `data` stays in
-        the file (a partial write is cut off again) and the caller stores the records another way."""
+        """Write whole entries (`frame`s); `header` starts a new file. On OSError nothing of `data`
+        stays in the file (a partial write is cut off again) and the caller stores them another way."""
         with self.lock:
             if self.fd is None:
                 self._create(header)
@@ -110,27 +114,46 @@ class Journal:
         self.lock = threading.Lock()
 
 
-def new_lines(fd: int, offset: int) -> tuple[list[bytes], int]:
-    """The complete lines after `offset` (at most READ_CHUNK bytes of them) and the offset after them."""
+def frame(record: dict[str, Any]) -> bytes:
+    """One journal entry: its length, then the record in marshal format (a record is plain data:
+    dicts, lists, strings, numbers; marshal encodes it ~4x faster than JSON on the host's thread)."""
+    payload = marshal.dumps(record)
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def new_frames(fd: int, offset: int) -> tuple[list[bytes], int]:
+    """The complete entries (payloads) after `offset`, at most READ_CHUNK bytes of them (at least one
+    whole entry), and the offset after them. An entry cut short (the disk filled up, the machine
+    died) is never complete, so it is never returned."""
     size = os.fstat(fd).st_size
-    if size <= offset:
+    if size - offset < _LENGTH.size:
         return [], offset
     data = os.pread(fd, min(size - offset, READ_CHUNK), offset)
-    end = data.rfind(b"\n") + 1
-    if end == 0 and size - offset > READ_CHUNK:  # one line longer than a chunk: take it whole
-        data = os.pread(fd, size - offset, offset)
-        end = data.rfind(b"\n") + 1
-    return data[:end].splitlines(), offset + end
+    out: list[bytes] = []
+    pos = 0
+    while pos + _LENGTH.size <= len(data):
+        (length,) = _LENGTH.unpack_from(data, pos)
+        start, end = pos + _LENGTH.size, pos + _LENGTH.size + length
+        if end > len(data):
+            if not out and offset + end <= size:  # one entry bigger than a chunk: read it whole
+                out.append(os.pread(fd, length, offset + start))
+                pos = end
+            break
+        out.append(data[start:end])
+        pos = end
+    return out, offset + pos
 
 
-def header_line(fd: int) -> bytes:
-    """The first line of a journal."""
-    first = os.pread(fd, 1 << 16, 0)
-    end = first.find(b"\n")
-    while end < 0 and len(first) < os.fstat(fd).st_size:
-        first = os.pread(fd, len(first) * 2, 0)
-        end = first.find(b"\n")
-    return first[: max(end, 0)]
+def header(fd: int) -> bytes:
+    """The first entry of a journal (what its process's events share)."""
+    frames, _ = new_frames(fd, 0)
+    if not frames:
+        raise ValueError("the journal has no header")
+    return frames[0]
+
+
+def decode(payload: bytes) -> Any:
+    return marshal.loads(payload)
 
 
 def orphans(home: Path) -> Iterator[tuple[str, int]]:

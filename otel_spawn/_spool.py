@@ -18,7 +18,6 @@ full disk turns the spool into an in-memory outbox for the rest of the process, 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import threading
@@ -34,7 +33,7 @@ from otel_spawn._config import DEFAULT_SPOOL_BYTES
 from otel_spawn._delivery import MemoryOutbox
 from otel_spawn._fork import reset_after_fork
 from otel_spawn._guard import warn_once
-from otel_spawn._posthog import Event, Outgoing, encode_json
+from otel_spawn._posthog import Event, Outgoing
 from otel_spawn._translate import EventContext, SpanRecord, encode_record, translate_record
 
 SPOOL_DB = "spool.sqlite3"
@@ -110,9 +109,7 @@ class SqliteSpool:
         journal = self._journal
         if journal is not None and journal.appending and self._db is not None:
             try:
-                journal.append(
-                    "".join([encode_json(r) + "\n" for r in records]).encode(), self._header_of(context)
-                )
+                journal.append(b"".join([_journal.frame(r) for r in records]), self._header_of(context))
                 return
             except OSError as exc:  # what the journal holds is still folded; new records skip it
                 warn_once(
@@ -132,7 +129,7 @@ class SqliteSpool:
             self._memory.put(events)
 
     def ingest(self, orphans: bool = True) -> None:
-        """Fold journals into SQLite: this process's new lines, and (every ORPHAN_SCAN_SECONDS, unless
+        """Fold journals into SQLite: this process's new entries, and (every ORPHAN_SCAN_SECONDS, unless
         `orphans` is False) those of processes that died or exited without folding (forked workers)."""
         journal = self._journal
         scan = orphans and time.monotonic() >= self._orphan_scan_due
@@ -185,7 +182,7 @@ class SqliteSpool:
 
     def _retire(self, db: sqlite3.Connection, journal: tuple[int, str] | None, close: bool = True) -> None:
         """Fold the rest of a journal nobody appends to any more, then remove it (file, then offset:
-        no crash in between can fold a line twice)."""
+        no crash in between can fold an entry twice)."""
         if journal is None:
             return
         fd, name = journal
@@ -336,21 +333,21 @@ class SqliteSpool:
                 "prefix": context.prefix,
                 "static": dict(context.static),
             }
-            self._header = (context, (encode_json(fields) + "\n").encode())
+            self._header = (context, _journal.frame(fields))
         return self._header[1]
 
     def _context_of(self, name: str, fd: int) -> EventContext:
         context = self._contexts.get(name)
         if context is None:
-            fields = json.loads(_journal.header_line(fd))
+            fields = _journal.decode(_journal.header(fd))
             context = EventContext(str(fields["distinct_id"]), str(fields["prefix"]), dict(fields["static"]))
             self._contexts[name] = context
         return context
 
     def _fold(self, db: sqlite3.Connection, name: str, fd: int, own: _journal.Journal | None = None) -> None:
-        """Translate and store the complete lines of journal `name` not folded yet: after `own.offset`
+        """Translate and store the entries of journal `name` not folded yet: after `own.offset`
         for this process's journal, else after the offset recorded in the spool. Each chunk commits
-        with its offset, so no line is stored twice, even by a process that takes over the journal."""
+        with its offset, so no entry is stored twice, even by a process that takes over the journal."""
         key = _JOURNAL_KEY + name
         if own is not None:
             offset = own.offset
@@ -358,15 +355,15 @@ class SqliteSpool:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             offset = int(row[0]) if row else 0
         while True:
-            lines, end = _journal.new_lines(fd, offset)
-            if not lines:
+            frames, end = _journal.new_frames(fd, offset)
+            if not frames:
                 return
             context = self._context_of(name, fd)
             events: list[Outgoing] = []
-            for record in _records(lines[1:] if offset == 0 else lines):  # the first line is the header
+            for payload in frames[1:] if offset == 0 else frames:  # the first entry is the header
                 try:
-                    events.extend(encode_record(record, context))
-                except Exception as exc:  # a record of another shape (another version?): skip it
+                    events.extend(encode_record(_journal.decode(payload), context))
+                except Exception as exc:  # damaged, or of another shape (another version?): skip it
                     warn_once("journal-line", "otel-spawn: skipped an unreadable journal record (%s)", exc)
             with _sqlite.transaction(db):
                 self._insert(db, events)
@@ -454,21 +451,6 @@ class SqliteSpool:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
         self._db = None
-
-
-def _records(lines: list[bytes]) -> list[SpanRecord]:
-    """Parse journal lines (one JSON array for all: a parse per line costs more); a line that is
-    not JSON (a write cut short by a full disk) is skipped with a warning."""
-    try:
-        return list(json.loads(b"[" + b",".join(lines) + b"]"))
-    except ValueError:
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError as exc:
-                warn_once("journal-line", "otel-spawn: skipped an unreadable journal record (%s)", exc)
-        return out
 
 
 class _Degraded(Exception):

@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import StatusCode
 
 from otel_spawn import _constants as c
 from otel_spawn._posthog import Event, Outgoing, encode_json
@@ -130,10 +131,11 @@ def span_record(span: ReadableSpan) -> SpanRecord | None:
     if not attrs or c.ATTR_KIND not in attrs or span.context is None or span.end_time is None:
         return None
     exception = None
-    for event in span.events:
-        if event.name == "exception":
-            exception = dict(event.attributes or {})
-            break
+    if span.status.status_code is StatusCode.ERROR:  # the funnel API records exceptions on failed spans only
+        for event in span.events:
+            if event.name == "exception":
+                exception = dict(event.attributes or {})
+                break
     return {
         "t": span.context.trace_id,
         "s": span.context.span_id,

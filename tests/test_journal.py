@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import stat
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,11 @@ def test_records_are_journaled_at_once_and_folded_by_the_sender(home: Path) -> N
     spool.put_records([record(1), record(2)], CTX)
     (journal,) = journals(home)
     assert stat.S_IMODE(journal.stat().st_mode) == 0o600
-    assert journal.read_bytes().count(b"\n") == 3  # the header and two records
+    fd = os.open(journal, os.O_RDONLY)
+    entries, end = _journal.new_frames(fd, 0)
+    os.close(fd)
+    assert len(entries) == 3  # the header and two records
+    assert end == journal.stat().st_size
     assert stored(home) == 0
     spool.ingest()
     spool.ingest()  # nothing new: nothing stored twice
@@ -133,13 +138,13 @@ def test_the_journal_rotates_without_losing_a_record(home: Path, monkeypatch: py
     spool.close()
 
 
-def test_an_unreadable_line_is_skipped_with_a_warning(home: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A torn line (a full disk cut a write short) costs that record only."""
+def test_an_unreadable_entry_is_skipped_with_a_warning(home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged entry costs that record only; the entries after it are folded."""
     spool = SqliteSpool(home)
     spool.put_records([record(1)], CTX)
     assert spool._journal is not None
     assert spool._journal.fd is not None
-    os.write(spool._journal.fd, b'{"t": 1, "s"\n')
+    os.write(spool._journal.fd, struct.pack("<I", 3) + b"\xff\xfe\xfd")
     spool.put_records([record(2)], CTX)
     with caplog.at_level(logging.WARNING, logger="otel_spawn"):
         spool.ingest()
@@ -206,7 +211,7 @@ def test_an_unreadable_orphan_is_set_aside_and_the_others_still_folded(
 ) -> None:
     """A dead process's journal of another shape (another version, a damaged file) never raises into
     the host and never blocks the journals after it: it is renamed aside, once."""
-    for n, damage in enumerate([b"", b'{"t": 1, "a": []}\n', b""]):
+    for n, damage in enumerate([b"", _journal.frame({"t": 1, "a": []}), b""]):
         dead = SqliteSpool(home)
         dead.put_records([record(n)], CTX)
         if damage:
@@ -215,7 +220,7 @@ def test_an_unreadable_orphan_is_set_aside_and_the_others_still_folded(
             os.write(dead._journal.fd, damage)
         crash(dead)
     bad_header = home / f"{_journal.PREFIX}foreign-1{_journal.SUFFIX}"
-    bad_header.write_bytes(b'{"not": "a header"}\n{"t": 1}\n')
+    bad_header.write_bytes(_journal.frame({"not": "a header"}) + _journal.frame({"t": 1}))
     spool = SqliteSpool(home)
     with caplog.at_level(logging.WARNING, logger="otel_spawn"):
         assert sorted(names(spool)) == ["funnel_step_0", "funnel_step_1", "funnel_step_2"]
@@ -230,7 +235,7 @@ def test_a_young_temporary_is_left_alone_an_old_one_removed(home: Path) -> None:
     young = home / f".{_journal.PREFIX}other-1{_journal.SUFFIX}"
     old = home / f".{_journal.PREFIX}other-2{_journal.SUFFIX}"
     for path in (young, old):
-        path.write_bytes(b"{}\n")
+        path.write_bytes(_journal.frame({}))
     stale = os.stat(old).st_mtime - 2 * _journal.TEMPORARY_GRACE_SECONDS
     os.utime(old, (stale, stale))
     spool.ingest()
@@ -313,3 +318,23 @@ def test_encode_record_is_the_json_of_translate_record(attributes: dict[str, Any
         assert [(e.uuid, e.body) for e in encode_record(record(7, **attributes), ctx)] == [
             (event["uuid"], encode_json(event)) for event in events
         ]
+
+
+def test_entries_are_read_whole_across_chunk_boundaries(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries split by a chunk boundary, an entry bigger than a chunk, and a cut-off last entry."""
+    monkeypatch.setattr(_journal, "READ_CHUNK", 64)
+    path = home / "j"
+    home.mkdir(parents=True)
+    entries = [{"n": n, "pad": "x" * (10 if n % 3 else 200)} for n in range(10)]
+    path.write_bytes(b"".join(_journal.frame(e) for e in entries) + _journal.frame({"cut": 1})[:-2])
+    fd = os.open(path, os.O_RDONLY)
+    seen: list[Any] = []
+    offset = 0
+    while True:
+        frames, offset = _journal.new_frames(fd, offset)
+        if not frames:
+            break
+        seen.extend(_journal.decode(f) for f in frames)
+    os.close(fd)
+    assert seen == entries
+    assert offset == path.stat().st_size - len(_journal.frame({"cut": 1})) + 2
