@@ -8,10 +8,23 @@ an attribute or variable name (`api_key` STRONG, `cache.key` WEAK, `keyboard` no
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import re
 from collections import Counter
+from collections.abc import Callable
+
+
+def lazy_regex(pattern: str) -> Callable[[], re.Pattern[str]]:
+    """A getter of `re.compile(pattern)` that compiles on its first call, then returns the same object.
+
+    A finder runs only on texts in which its rule's RE2 trigger fired, so a process that never meets
+    a secret never compiles its patterns (compiling them all at import was most of the scrubber's
+    start-up cost). Two threads may both compile on a first call; either result is the same.
+    """
+    return functools.cache(lambda: re.compile(pattern))
+
 
 # ------------------------------------------------------------------------------ value heuristics
 
@@ -22,15 +35,15 @@ _PLACEHOLDER_WORDS = (
     "xxxx|example|your|placeholder|changeme|change_me|change-me|dummy|sample|redacted|insert|replace|fake"
     "|123456|234567|345678|456789|abcdef|bcdefg|qwerty"
 )
-_PLACEHOLDER_WORD = re.compile(_PLACEHOLDER_WORDS)
-_PLACEHOLDER_EDGE = re.compile(f"(?<![a-z0-9])(?:{_PLACEHOLDER_WORDS})|(?:{_PLACEHOLDER_WORDS})(?![a-z0-9])")
+_PLACEHOLDER_WORD = lazy_regex(_PLACEHOLDER_WORDS)
+_PLACEHOLDER_EDGE = lazy_regex(f"(?<![a-z0-9])(?:{_PLACEHOLDER_WORDS})|(?:{_PLACEHOLDER_WORDS})(?![a-z0-9])")
 _TRIVIAL = frozenset((
     "true", "false", "null", "none", "nil", "undefined", "yes", "no", "on", "off", "required",
     "optional", "missing", "invalid", "expired", "empty", "set", "unset", "provided", "hidden",
     "masked", "present", "absent", "n/a", "na",
 ))  # fmt: skip
-_ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
-_SAME_CHAR_RUN = re.compile(r"(.)\1{7}")
+_ENV_NAME = lazy_regex(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
+_SAME_CHAR_RUN = lazy_regex(r"(.)\1{7}")
 _CLASS_OF = {
     c: "d" if chr(c).isdigit() else "u" if chr(c).isupper() else "l" if chr(c).islower() else "o"
     for c in range(128)
@@ -64,9 +77,9 @@ def is_placeholder(value: str) -> bool:
         return True
     if low.startswith("$") or (low.startswith("%") and low.endswith("%")):
         return True
-    if len(set(low)) <= 4 or _SAME_CHAR_RUN.search(low) is not None:
+    if len(set(low)) <= 4 or _SAME_CHAR_RUN().search(low) is not None:
         return True
-    return (_PLACEHOLDER_WORD if len(low) <= 40 else _PLACEHOLDER_EDGE).search(low) is not None
+    return (_PLACEHOLDER_WORD if len(low) <= 40 else _PLACEHOLDER_EDGE)().search(low) is not None
 
 
 def is_trivial_value(value: str) -> bool:
@@ -74,7 +87,7 @@ def is_trivial_value(value: str) -> bool:
     v = value.strip()
     if len(v) < 4 or v.lower() in _TRIVIAL or v.startswith("[REDACTED") or (v.isdigit() and len(v) < 8):
         return True
-    return _ENV_NAME.fullmatch(v) is not None or is_placeholder(v)
+    return _ENV_NAME().fullmatch(v) is not None or is_placeholder(v)
 
 
 def looks_random(value: str, min_len: int = 12) -> bool:
@@ -88,29 +101,29 @@ def looks_random(value: str, min_len: int = 12) -> bool:
     return switch_ratio(v) >= 0.35 and len(set(v)) >= 0.4 * min(len(v), 40)
 
 
-_HEX_OR_UUID = re.compile(r"[0-9a-fA-F-]+")
-_DIGEST_PREFIX = re.compile(r"(?i:sha-?(?:1|224|256|384|512)|md5)[-_]")
+_HEX_OR_UUID = lazy_regex(r"[0-9a-fA-F-]+")
+_DIGEST_PREFIX = lazy_regex(r"(?i:sha-?(?:1|224|256|384|512)|md5)[-_]")
 _PUBLIC_PREFIXES = ("phc_", "pk_live_", "pk_test_")
-_LONG_SEGMENT = re.compile(r"[^/]{8,}")
+_LONG_SEGMENT = lazy_regex(r"[^/]{8,}")
 
 
 def _wordy(segment: str) -> bool:
     """A path segment that is a word, an identifier or a hex id."""
-    return _HEX_OR_UUID.fullmatch(segment) is not None or switch_ratio(segment) < 0.35
+    return _HEX_OR_UUID().fullmatch(segment) is not None or switch_ratio(segment) < 0.35
 
 
 def is_random_blob(token: str) -> bool:
     """True for a long unkeyed base64/base64url run of random data (not a path, id or digest)."""
     body = token.rstrip("=")
-    if _DIGEST_PREFIX.match(body) or body.startswith(_PUBLIC_PREFIXES) or _HEX_OR_UUID.fullmatch(body):
+    if _DIGEST_PREFIX().match(body) or body.startswith(_PUBLIC_PREFIXES) or _HEX_OR_UUID().fullmatch(body):
         return False
     if len(body) > 4096:  # megabytes of one run: no path, no identifier; judge by variety only
         return len(set(body)) >= 16
     if "/" in body:  # judge a path by its non-word segments: `blob/<git sha>/x.py` is no blob
-        body = "".join(segment for segment in _LONG_SEGMENT.findall(body) if not _wordy(segment))
+        body = "".join(segment for segment in _LONG_SEGMENT().findall(body) if not _wordy(segment))
         if len(body) < 32:
             return False
-    if len(set(body)) <= 4 or _SAME_CHAR_RUN.search(body) is not None:
+    if len(set(body)) <= 4 or _SAME_CHAR_RUN().search(body) is not None:
         return False  # `xxxx...`, `AAAA...`: a stand-in (words are no sign: long random runs contain some)
     return switch_ratio(body) >= 0.45 and shannon_entropy(body) >= 4.2
 
@@ -118,7 +131,7 @@ def is_random_blob(token: str) -> bool:
 # ------------------------------------------------------------------------------ secret-looking keys
 
 STRONG, WEAK, NOT_SECRET = 2, 1, 0
-_KEY_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+_KEY_WORDS = lazy_regex(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _STRONG_SUFFIXES = ("password", "passwd", "passphrase", "secret", "token", "credential", "credentials")
 _STRONG_WORDS = frozenset(("pass", "pwd", "jwt"))
 _WEAK_WORDS = frozenset(("auth", "authorization", "session", "sessionid", "sid", "cookie", "key", "pat"))
@@ -134,7 +147,7 @@ def classify_key(key: str, extra: frozenset[str] = frozenset()) -> int:
     low = key.lower()
     if low in extra or low.rsplit(".", 1)[-1] in extra:
         return STRONG
-    words = [w.lower() for w in _KEY_WORDS.findall(key)]
+    words = [w.lower() for w in _KEY_WORDS().findall(key)]
     if not words or low in ("pwd", "oldpwd"):  # the shell's working directories
         return NOT_SECRET
     last, prev = words[-1], words[-2] if len(words) > 1 else ""

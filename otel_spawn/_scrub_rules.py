@@ -10,7 +10,8 @@ and a finder:
 - `find(text)` yields `(start, end)` spans of the sensitive part only (keys, header words and the
   rest of a path stay). Finders use Python `re` with linear-time patterns: every repeat is bounded,
   a left boundary is a look-behind placed after a literal or first character (so `re` keeps its fast
-  scan and never restarts inside a run), and anything fuzzy is decided in Python.
+  scan and never restarts inside a run), and anything fuzzy is decided in Python. The patterns are
+  compiled on first use (`lazy_regex`): a process whose texts never fire a trigger never compiles them.
 
 Rules are listed most specific first; where spans of several rules overlap the engine merges them
 and names the region after the first rule in this order.
@@ -34,6 +35,7 @@ from otel_spawn._scrub_heuristics import (
     is_random_blob,
     is_trivial_value,
     keyed_value_is_secret,
+    lazy_regex,
     looks_random,
 )
 from otel_spawn._scrub_personal import (
@@ -69,20 +71,21 @@ def _left_ok(text: str, start: int) -> bool:
     return start == 0 or not text[start - 1].isalnum()
 
 
-_TOKEN_RUN = re.compile(r"[A-Za-z0-9_-]{1,4096}")
+_TOKEN_RUN = lazy_regex(r"[A-Za-z0-9_-]{1,4096}")
 
 
-def _run_end(text: str, pos: int, run: re.Pattern[str] = _TOKEN_RUN) -> int:
-    """Where the run of `run` characters going on at `pos` ends: a secret longer than its pattern's
+def _run_end(text: str, pos: int, run: Callable[[], re.Pattern[str]] = _TOKEN_RUN) -> int:
+    """Where the run of `run()` characters going on at `pos` ends: a secret longer than its pattern's
     bound is redacted whole, not cut at the bound."""
-    while (m := run.match(text, pos)) is not None:
+    pattern = run()
+    while (m := pattern.match(text, pos)) is not None:
         pos = m.end()
     return pos
 
 
 _T = "[A-Za-z0-9_-]"  # base64url token characters
 _A = "[A-Za-z0-9]"
-_MASKED_TAIL = re.compile(r"\.{2,3}|…")
+_MASKED_TAIL = lazy_regex(r"\.{2,3}|…")
 # (name, prefix, body): a token is prefix + body, not preceded by a letter or digit, and reported
 # unless its body is a placeholder. `sk-or-v1-0a9f3a...6835` (a masked key) goes with its tail.
 _TOKENS = (
@@ -104,19 +107,20 @@ _TOKENS = (
     ("sendgrid_key", "SG\\.", f"{_T}{{16,32}}\\.{_T}{{20,64}}"),
 )  # fmt: skip
 _KEEP_PREFIX = frozenset(("slack_webhook",))  # redact the body only: the prefix is a public URL
+_PATH_RUN = lazy_regex(r"[A-Za-z0-9_/-]{1,4096}")
 
 
 def token_rule(name: str, prefix: str, body: str) -> Rule:
     """Rule for a token with a fixed prefix; its trigger is the pattern with open upper bounds."""
-    regex = re.compile(f"{prefix}(?P<b>{body})")
+    regex = lazy_regex(f"{prefix}(?P<b>{body})")
     group = "b" if name in _KEEP_PREFIX else 0
-    run = re.compile(r"[A-Za-z0-9_/-]{1,4096}") if name in _KEEP_PREFIX else _TOKEN_RUN
+    run = _PATH_RUN if name in _KEEP_PREFIX else _TOKEN_RUN
     trigger = re.sub(r"\(\?!.*?\)", "", re.sub(r"\{(\d+),\d+\}", r"{\1,}", prefix + body))
 
     def find(text: str) -> Iterator[Span]:
         covered = 0
-        for m in regex.finditer(text):
-            body = _MASKED_TAIL.split(m.group("b"))[0]
+        for m in regex().finditer(text):
+            body = _MASKED_TAIL().split(m.group("b"))[0]
             if m.start() >= covered and _left_ok(text, m.start()) and not is_placeholder(body):
                 covered = _run_end(text, m.end(), run)
                 yield m.start(group), covered
@@ -124,15 +128,15 @@ def token_rule(name: str, prefix: str, body: str) -> Rule:
     return Rule(name, trigger, find)
 
 
-_JWT = re.compile(f"eyJ(?<!{_T}eyJ){_T}{{4,8192}}\\.{_T}{{4,16384}}\\.{_T}{{0,8192}}")
-_OPENAI = re.compile(f"sk-(?!ant-|or-){_T}{{20,400}}")
-_TELEGRAM = re.compile(r":AA[A-Za-z0-9_-]{30,40}")
-_DIGITS_REVERSED = re.compile(r"[0-9]{6,12}")
+_JWT = lazy_regex(f"eyJ(?<!{_T}eyJ){_T}{{4,8192}}\\.{_T}{{4,16384}}\\.{_T}{{0,8192}}")
+_OPENAI = lazy_regex(f"sk-(?!ant-|or-){_T}{{20,400}}")
+_TELEGRAM = lazy_regex(r":AA[A-Za-z0-9_-]{30,40}")
+_DIGITS_REVERSED = lazy_regex(r"[0-9]{6,12}")
 
 
 def find_jwt(text: str) -> Iterator[Span]:
     """JSON Web Tokens: three base64url segments, the first starting `eyJ`."""
-    for m in _JWT.finditer(text):
+    for m in _JWT().finditer(text):
         if not is_placeholder(m.group()):
             yield m.start(), _run_end(text, m.end())
 
@@ -140,7 +144,7 @@ def find_jwt(text: str) -> Iterator[Span]:
 def find_openai(text: str) -> Iterator[Span]:
     """OpenAI keys (`sk-proj-`, `sk-svcacct-`, `sk-admin-`, legacy) and other random `sk-` keys."""
     covered = 0
-    for m in _OPENAI.finditer(text):
+    for m in _OPENAI().finditer(text):
         if m.start() >= covered and _left_ok(text, m.start()) and looks_random(m.group()[3:], 20):
             covered = _run_end(text, m.end())
             yield m.start(), covered
@@ -148,45 +152,45 @@ def find_openai(text: str) -> Iterator[Span]:
 
 def find_telegram(text: str) -> Iterator[Span]:
     """Telegram bot tokens `<6-12 digits>:AA<30-40 characters>`."""
-    for m in _TELEGRAM.finditer(text):
-        rev = _DIGITS_REVERSED.match(text[max(0, m.start() - 12) : m.start()][::-1])
+    for m in _TELEGRAM().finditer(text):
+        rev = _DIGITS_REVERSED().match(text[max(0, m.start() - 12) : m.start()][::-1])
         if rev is not None and _left_ok(text, m.start() - rev.end()):
             yield m.start() - rev.end(), m.end()
 
 
-_PEM_BEGIN = re.compile(r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?-----")
-_PEM_END = re.compile(r"-----END (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?-----")
-_PEM_BODY = re.compile(r"[A-Za-z0-9+/=\s\\:,-]{0,16384}")
+_PEM_BEGIN = lazy_regex(r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?-----")
+_PEM_END = lazy_regex(r"-----END (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?-----")
+_PEM_BODY = lazy_regex(r"[A-Za-z0-9+/=\s\\:,-]{0,16384}")
 
 
 def find_private_key(text: str) -> Iterator[Span]:
     """Whole PEM private key blocks (also with `\\n` escapes); a block cut short runs to its body's end."""
-    pos, end = 0, _PEM_END.search(text)  # END is searched again only once passed: linear time
-    while (begin := _PEM_BEGIN.search(text, pos)) is not None:
+    pos, end = 0, _PEM_END().search(text)  # END is searched again only once passed: linear time
+    while (begin := _PEM_BEGIN().search(text, pos)) is not None:
         if end is not None and end.start() < begin.end():
-            end = _PEM_END.search(text, begin.end())
+            end = _PEM_END().search(text, begin.end())
         if end is not None and end.start() - begin.end() <= 16384:
             pos = end.end()
         else:
-            body = _PEM_BODY.match(text, begin.end())
+            body = _PEM_BODY().match(text, begin.end())
             pos = body.end() if body else begin.end()
         yield begin.start(), pos
 
 
 # ------------------------------------------------------------------------------ credentials by structure
 
-_AUTH = re.compile(  # starts with a character class (fast scan), then `(?i)authorization|bearer|basic`
+_AUTH = lazy_regex(  # starts with a character class (fast scan), then `(?i)authorization|bearer|basic`
     r"[AaBb](?i:(?<=a)(?P<hdr>uthorization)\\?[\"']?[ \t]{0,3}[:=][ \t]{0,3}\\?[\"']?"
     r"(?:(?:bearer|basic|token|bot|apikey|key)[ \t]{1,3})?|(?<=b)(?:earer|asic)[ \t]{1,3})"
     r"(?P<s>[A-Za-z0-9._~+/=-]{4,8192})"
 )
-_USERINFO = re.compile(r"://([^\s/?#@\[\]\"'<>]{1,256})@")
-_CREDENTIAL_RUN = re.compile(r"[A-Za-z0-9._~+/=-]{1,4096}")
+_USERINFO = lazy_regex(r"://([^\s/?#@\[\]\"'<>]{1,256})@")
+_CREDENTIAL_RUN = lazy_regex(r"[A-Za-z0-9._~+/=-]{1,4096}")
 
 
 def find_auth_header(text: str) -> Iterator[Span]:
     """The credential after `Authorization:` (any scheme) or a token-like one after `Bearer`/`Basic`."""
-    for m in _AUTH.finditer(text):
+    for m in _AUTH().finditer(text):
         cred = m.group("s")
         if not cred.isalpha() and not is_placeholder(cred) and (m.group("hdr") or looks_random(cred, 16)):
             yield m.start("s"), _run_end(text, m.end(), _CREDENTIAL_RUN)
@@ -194,7 +198,7 @@ def find_auth_header(text: str) -> Iterator[Span]:
 
 def find_url_userinfo(text: str) -> Iterator[Span]:
     """`user:password` (or a bare token) in `scheme://user:password@host`; a plain user name stays."""
-    for m in _USERINFO.finditer(text):
+    for m in _USERINFO().finditer(text):
         user, _, password = m.group(1).partition(":")
         if (password and not is_placeholder(password)) or looks_random(user, 16):
             yield m.span(1)
@@ -208,17 +212,17 @@ _KEYED_TAIL = (
     r"(?P<q>\\?[\"'])?(?:(?P<sep>[ \t]{0,3}(?:=>|[:=])[ \t]{0,3})|(?P<ws>[ \t]{1,3}))"
     r"(?P<v>\\?\"[^\"\\\r\n]{1,1024}\\?\"|\\?'[^'\\\r\n]{1,1024}\\?'|[^\s\"'`&;,<>(){}\[\]\\]{1,1024})"
 )
-_KEY_NAME_REVERSED = re.compile(r"[A-Za-z0-9_.-]{0,64}")
-_BARE_RUN = re.compile(r"[^\s\"'`&;,<>(){}\[\]\\]{1,4096}")
-_WORD = re.compile(r"[A-Za-z_]+")
-_ATTRIBUTE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+_KEY_NAME_REVERSED = lazy_regex(r"[A-Za-z0-9_.-]{0,64}")
+_BARE_RUN = lazy_regex(r"[^\s\"'`&;,<>(){}\[\]\\]{1,4096}")
+_WORD = lazy_regex(r"[A-Za-z_]+")
+_ATTRIBUTE = lazy_regex(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 
 
 def _is_code(text: str, key: str, value: str, end: int, loose: bool) -> bool:
     """A bare value that is code or prose: `token = get_token()`, `password: str`, `key=self.key`."""
     if end < len(text) and text[end] in "([":
         return True
-    return _ATTRIBUTE.fullmatch(value) is not None or (loose and _WORD.fullmatch(value) is not None)
+    return _ATTRIBUTE().fullmatch(value) is not None or (loose and _WORD().fullmatch(value) is not None)
 
 
 def _first_letter_alternation(words: list[str]) -> str:
@@ -235,16 +239,16 @@ def _first_letter_alternation(words: list[str]) -> str:
 def make_keyed_finder(extra_keys: frozenset[str]) -> tuple[str, Callable[[str], Iterator[Span]]]:
     """Trigger and finder for `KEY=value`, `--key value`, `"key": "value"` and `?key=value&`."""
     words = sorted({*_KEYED_WORDS, *extra_keys}, key=len, reverse=True)
-    regex = re.compile(f"(?P<w>{_first_letter_alternation(words)}){_KEYED_TAIL}")
+    regex = lazy_regex(f"(?P<w>{_first_letter_alternation(words)}){_KEYED_TAIL}")
     any_word = "(?:" + "|".join(map(re.escape, words)) + ")"
     trigger = f"(?i){any_word}\\\\?[\"']?[ \\t]{{0,3}}(?:[:=]|=>)|(?i)-[A-Za-z0-9_.-]*{any_word}[ \\t]"
 
     def find(text: str) -> Iterator[Span]:
         covered = 0
-        for m in regex.finditer(text):
+        for m in regex().finditer(text):
             if m.start() < covered:
                 continue
-            rev = _KEY_NAME_REVERSED.match(text[max(0, m.start() - 64) : m.start()][::-1])
+            rev = _KEY_NAME_REVERSED().match(text[max(0, m.start() - 64) : m.start()][::-1])
             key_start = m.start() - (rev.end() if rev else 0)
             key = text[key_start : m.end("w")]
             if m.group("ws") is not None and (not key.startswith("-") or m.group("q")):
@@ -270,21 +274,21 @@ def make_keyed_finder(extra_keys: frozenset[str]) -> tuple[str, Callable[[str], 
     return trigger, find
 
 
-_COOKIE = re.compile(
+_COOKIE = lazy_regex(
     r"[SsCc](?<![A-Za-z0-9-].)(?i:(?<=s)et-cookie|(?<=c)ookie)"  # `(?i)(set-)?cookie`, scanned for fast
     r"\\?[\"']?[ \t]{0,3}:[ \t]{0,3}\\?[\"']?([^\r\n\"']{1,8192})"
 )
-_COOKIE_PAIR = re.compile(r"([^=;,\s]{1,256})=([^;,\s]{8,4096})")
+_COOKIE_PAIR = lazy_regex(r"([^=;,\s]{1,256})=([^;,\s]{8,4096})")
 _COOKIE_ATTRS = frozenset(("path", "domain", "expires", "max-age", "samesite", "priority", "version"))
-_PLAIN_WORDS = re.compile(r"[a-z]+(?:[-_][a-z]+)*")
+_PLAIN_WORDS = lazy_regex(r"[a-z]+(?:[-_][a-z]+)*")
 
 
 def find_cookie(text: str) -> Iterator[Span]:
     """Cookie values in `Cookie:`/`Set-Cookie:` headers; names, attributes and plain words stay."""
-    for m in _COOKIE.finditer(text):
-        for pair in _COOKIE_PAIR.finditer(text, m.start(1), m.end(1)):
+    for m in _COOKIE().finditer(text):
+        for pair in _COOKIE_PAIR().finditer(text, m.start(1), m.end(1)):
             name, value = pair.group(1), pair.group(2)
-            plain = _PLAIN_WORDS.fullmatch(value) is not None
+            plain = _PLAIN_WORDS().fullmatch(value) is not None
             if name.lower() not in _COOKIE_ATTRS and not plain and not is_trivial_value(value):
                 yield pair.span(2)
 
@@ -294,13 +298,13 @@ _B64_ALPHABET = string.ascii_letters + string.digits + "+/_-"
 # space for any other: `bytes.find` spots runs of 40+ in C, far faster than a regex scan in `re`.
 _B64_MASK = bytes(ord("#") if chr(i) in _B64_ALPHABET else ord(" ") for i in range(256))
 _RUN_40 = b"#" * 40
-_B64_REST = re.compile(r"[A-Za-z0-9+/_-]{1,4096}={0,2}")
-_DIGEST_BEFORE = re.compile(
+_B64_REST = lazy_regex(r"[A-Za-z0-9+/_-]{1,4096}={0,2}")
+_DIGEST_BEFORE = lazy_regex(
     r"(?i:sha-?(?:1|224|256|384|512)|md5|digest|checksum)[\"']?[ \t]{0,3}[-:=][ \t]{0,3}[\"']?$"
 )
-_PATH_WORDS = re.compile(r"/?(?:[a-z0-9_-]{0,32}/){1,64}")
-_AWS_SECRET = re.compile(r"[^A-Za-z0-9+/=]([A-Za-z0-9+/]{40})(?![A-Za-z0-9+/=])")
-_AWS_CONTEXT = re.compile(r"(?i)aws|secret")
+_PATH_WORDS = lazy_regex(r"/?(?:[a-z0-9_-]{0,32}/){1,64}")
+_AWS_SECRET = lazy_regex(r"[^A-Za-z0-9+/=]([A-Za-z0-9+/]{40})(?![A-Za-z0-9+/=])")
+_AWS_CONTEXT = lazy_regex(r"(?i)aws|secret")
 
 
 def find_high_entropy(text: str) -> Iterator[Span]:
@@ -316,11 +320,11 @@ def find_high_entropy(text: str) -> Iterator[Span]:
         end = mask.find(b" ", start + 40)
         end = pos = len(text) if end < 0 else end
         if text[start] == "/" or text[start - 1 : start] in (".", ":"):
-            words = _PATH_WORDS.match(text, start, end)
+            words = _PATH_WORDS().match(text, start, end)
             start = words.end() if words is not None and words.end() < end else start
         if end - start < 40 or not is_random_blob(text[start:end]):
             continue
-        if _DIGEST_BEFORE.search(text, max(0, start - 24), start) is None:  # `sha256=<base64 digest>`
+        if _DIGEST_BEFORE().search(text, max(0, start - 24), start) is None:  # `sha256=<base64 digest>`
             padding = 2 if text.startswith("==", end) else 1 if text.startswith("=", end) else 0
             pos = _run_end(text, end + padding, _B64_REST)
             yield start, pos
@@ -328,8 +332,8 @@ def find_high_entropy(text: str) -> Iterator[Span]:
 
 def find_aws_secret(text: str) -> Iterator[Span]:
     """40-character AWS secret access keys within 100 characters after `aws` or `secret`."""
-    for m in _AWS_SECRET.finditer(text):
-        if _AWS_CONTEXT.search(text, max(0, m.start(1) - 100), m.start(1)) and looks_random(m.group(1), 40):
+    for m in _AWS_SECRET().finditer(text):
+        if _AWS_CONTEXT().search(text, max(0, m.start(1) - 100), m.start(1)) and looks_random(m.group(1), 40):
             yield m.span(1)
 
 

@@ -13,21 +13,22 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
-import re
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-
-import re2
+from typing import TYPE_CHECKING
 
 from otel_spawn._errors import ConfigError
-from otel_spawn._scrub_heuristics import classify_key, keyed_value_is_secret
+from otel_spawn._scrub_heuristics import classify_key, keyed_value_is_secret, lazy_regex
 from otel_spawn._scrub_rules import Rule, builtin_rules
 
+if TYPE_CHECKING:  # imported where used: loading RE2 is a start-up cost, and a process may never scrub
+    import re2
+
 SECRET_ATTRIBUTE_RULE = "secret_attribute"
-_MARKER = re.compile(r"\[REDACTED(?::[A-Za-z0-9_.-]{1,64})?\]")
-_RULE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_MARKER = lazy_regex(r"\[REDACTED(?::[A-Za-z0-9_.-]{1,64})?\]")
+_RULE_NAME = lazy_regex(r"[A-Za-z0-9_.-]{1,64}")
 _RE2_MAX_MEM = 64 << 20
 _CLEAN_CACHE_SIZE = 4096
 _CLEAN_CACHE_MAX_LEN = 256
@@ -82,6 +83,8 @@ class ScrubOptions:
 
 
 def _re2_options() -> re2.Options:
+    import re2
+
     options = re2.Options()
     options.max_mem = _RE2_MAX_MEM
     options.log_errors = False
@@ -89,6 +92,8 @@ def _re2_options() -> re2.Options:
 
 
 def _compile_user(what: str, pattern: str) -> re2._Regexp:
+    import re2
+
     if not isinstance(pattern, str) or not pattern:
         raise ConfigError(f"{what}: the pattern must be a non-empty string, got {pattern!r}")
     try:
@@ -105,6 +110,8 @@ def _compile_user(what: str, pattern: str) -> re2._Regexp:
 
 def _trigger_set(triggers: list[str]) -> re2.Set:
     """One DFA over all `triggers` (an RE2 `Set`): which of them match, in a single linear pass."""
+    import re2
+
     trigger_set = re2.Set.SearchSet(_re2_options())
     for trigger in triggers:
         trigger_set.Add(trigger)
@@ -123,32 +130,58 @@ def _user_rule(name: str, pattern: str) -> Rule:
     return Rule(name, pattern, find, min_length=1)  # its own DFA: a user pattern cannot slow the shared one
 
 
-class Scrubber:
-    """Finds and redacts secrets and personal data; immutable and thread-safe once built."""
+def _user_rules(patterns: Mapping[str, str], extra_keys: frozenset[str]) -> tuple[Rule, ...]:
+    """The rules for `ScrubOptions.extra_patterns`, each name and pattern checked (a ConfigError)."""
+    if not patterns:
+        return ()
+    known = {r.name for r in builtin_rules(extra_keys)} | {SECRET_ATTRIBUTE_RULE}
+    rules = []
+    for name, pattern in patterns.items():
+        if not isinstance(name, str) or not _RULE_NAME().fullmatch(name) or name in known:
+            raise ConfigError(
+                f"ScrubOptions.extra_patterns: rule name {name!r} must be new and made of letters, "
+                "digits, '_', '.', '-' (at most 64 characters)"
+            )
+        known.add(name)
+        rules.append(_user_rule(name, pattern))
+    return tuple(rules)
 
-    def __init__(self, options: ScrubOptions | None = None) -> None:
-        self.options = opts = options or ScrubOptions()
-        self._extra_keys = frozenset(k.lower() for k in opts.extra_secret_keys)
-        rules = list(builtin_rules(self._extra_keys))
-        known = {r.name for r in rules} | {SECRET_ATTRIBUTE_RULE}
-        for name, pattern in opts.extra_patterns.items():
-            if not isinstance(name, str) or not _RULE_NAME.fullmatch(name) or name in known:
-                raise ConfigError(
-                    f"ScrubOptions.extra_patterns: rule name {name!r} must be new and made of letters, "
-                    "digits, '_', '.', '-' (at most 64 characters)"
-                )
-            known.add(name)
-            rules.append(_user_rule(name, pattern))
-        self._rules = tuple(rules)
-        self._names = tuple(r.name for r in rules)
-        shared = [i for i, r in enumerate(rules) if not r.min_length]
-        self._prefilter = _trigger_set([rules[i].trigger for i in shared])
-        self._shared = tuple(shared)  # index in the shared Set -> rule index
-        self._alone = tuple(
+
+@dataclass(frozen=True)
+class _Engine:
+    """All rules and their compiled triggers: what a scrub needs beyond the options."""
+
+    rules: tuple[Rule, ...]
+    names: tuple[str, ...]
+    prefilter: re2.Set  # one DFA over the triggers of the `shared` rules
+    shared: tuple[int, ...]  # index in the shared Set -> rule index
+    alone: tuple[tuple[int, re2._Regexp, int], ...]  # (min_length, own trigger, rule index)
+
+    @classmethod
+    def build(cls, rules: tuple[Rule, ...]) -> _Engine:
+        import re2
+
+        shared = tuple(i for i, r in enumerate(rules) if not r.min_length)
+        alone = tuple(
             (r.min_length, re2.compile(r.trigger, _re2_options()), i)
             for i, r in enumerate(rules)
             if r.min_length
         )
+        prefilter = _trigger_set([rules[i].trigger for i in shared])
+        return cls(rules, tuple(r.name for r in rules), prefilter, shared, alone)
+
+
+class Scrubber:
+    """Finds and redacts secrets and personal data; immutable and thread-safe once built.
+
+    The constructor checks the options (a bad user pattern raises ConfigError here); the built-in
+    rules and the RE2 prefilter are built on first use, so a process that never scrubs pays nothing.
+    """
+
+    def __init__(self, options: ScrubOptions | None = None) -> None:
+        self.options = opts = options or ScrubOptions()
+        self._extra_keys = frozenset(k.lower() for k in opts.extra_secret_keys)
+        self._user_rules = _user_rules(opts.extra_patterns, self._extra_keys)
         self._allow_exact = frozenset(a for a in opts.allow if not a.startswith("re:"))
         self._allow_res = tuple(
             _compile_user(f"ScrubOptions.allow[{a!r}]", a[3:]) for a in opts.allow if a.startswith("re:")
@@ -157,10 +190,15 @@ class Scrubber:
         self._clean: set[str] = set()  # short texts known to be clean
         self._key_strength: dict[str, int] = {}
 
+    @functools.cached_property
+    def _engine(self) -> _Engine:
+        """Built on first use; threads that race to build it each get an equal, immutable engine."""
+        return _Engine.build(builtin_rules(self._extra_keys) + self._user_rules)
+
     @property
     def rule_names(self) -> tuple[str, ...]:
         """Names of all rules, built-in first, in the order that names merged regions."""
-        return self._names
+        return self._engine.names
 
     def might_match(self, text: str) -> bool:
         """Cheap conservative check (DFA passes): False means `scrub_text` returns `text` as is."""
@@ -170,10 +208,11 @@ class Scrubber:
         """Indices of the rules whose trigger matches somewhere in `text`."""
         if not text:
             return []
+        engine = self._engine
         data = text.encode("utf-8", "replace")  # once for all passes; a lone surrogate becomes `?`
-        found = self._prefilter.Match(data)
-        hits = [self._shared[i] for i in found] if found else []
-        for min_length, trigger, index in self._alone:
+        found = engine.prefilter.Match(data)
+        hits = [engine.shared[i] for i in found] if found else []
+        for min_length, trigger, index in engine.alone:
             if len(text) >= min_length and trigger.search(data) is not None:  # stops at the first match
                 hits.append(index)
         return hits
@@ -190,7 +229,7 @@ class Scrubber:
 
     def explain(self, text: str) -> list[Finding]:
         """The regions `scrub_text` would redact, merged, in order, with the rule naming each."""
-        names = self._names
+        names = self._engine.names
         return [Finding(names[i], s, e) for s, e, i in self._regions(text)]
 
     def scrub_text(self, text: str) -> tuple[str, Counter[str]]:
@@ -208,7 +247,7 @@ class Scrubber:
                     self._clean.clear()
                 self._clean.add(text)
             return text, _no_counts()
-        names = self._names
+        names = self._engine.names
         parts: list[str] = []
         pos = 0
         for start, end, index in regions:
@@ -232,7 +271,7 @@ class Scrubber:
         strength = self.key_strength(key)
         scrubbed, counts = self.scrub_text(value)
         whole = strength and "[REDACTED" not in value and keyed_value_is_secret(strength, value)
-        if whole and not self._is_allowed(value) and not _MARKER.fullmatch(scrubbed.strip()):
+        if whole and not self._is_allowed(value) and not _MARKER().fullmatch(scrubbed.strip()):
             return f"[REDACTED:{SECRET_ATTRIBUTE_RULE}]", Counter({SECRET_ATTRIBUTE_RULE: 1})
         return scrubbed, counts
 
@@ -243,9 +282,10 @@ class Scrubber:
 
     def _regions(self, text: str) -> list[tuple[int, int, int]]:
         """Merged (start, end, rule index) regions; overlapping spans merge under the first rule."""
+        rules = self._engine.rules
         spans: list[tuple[int, int, int]] = []
         for index in self._hits(text):
-            spans.extend([(s, e, index) for s, e in self._rules[index].find(text) if s < e])
+            spans.extend([(s, e, index) for s, e in rules[index].find(text) if s < e])
         if spans and (self._allow_exact or self._allow_res):
             spans = [sp for sp in spans if not self._is_allowed(text[sp[0] : sp[1]])]
         if spans and "[REDACTED" in text:
@@ -267,7 +307,7 @@ class Scrubber:
 
 def _outside_markers(text: str, spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
     """Drop spans that touch an existing `[REDACTED...]` marker (keeps scrubbing idempotent)."""
-    markers = [m.span() for m in _MARKER.finditer(text)]
+    markers = [m.span() for m in _MARKER().finditer(text)]
     if not markers:
         return spans
     starts = [s for s, _ in markers]

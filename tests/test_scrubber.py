@@ -8,8 +8,10 @@ import json
 import random
 import re
 import string
+import threading
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import pytest
@@ -336,6 +338,21 @@ def test_default_scrubber_is_shared() -> None:
     """`default_scrubber()` builds one scrubber and reuses it."""
     assert default_scrubber() is default_scrubber()
     assert default_scrubber().scrub("mail me: x@example.com") == "mail me: [REDACTED:email]"
+
+
+def test_first_use_from_many_threads_at_once_scrubs_alike() -> None:
+    """A new scrubber builds its rules on first use; threads racing to that first use all scrub right."""
+    scrubber = Scrubber(ScrubOptions(extra_patterns={"ticket": r"TICKET-\d{4}"}))
+    text = "mail x@example.com about TICKET-1234"
+    start = threading.Barrier(8)
+
+    def first_scrub() -> str:
+        start.wait()
+        return scrubber.scrub(text)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: first_scrub(), range(8)))
+    assert results == ["mail [REDACTED:email] about [REDACTED:ticket]"] * 8
 
 
 # --------------------------------------------------------------------------- key-aware values
