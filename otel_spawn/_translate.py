@@ -10,9 +10,10 @@ or in whichever process picks up a killed run's journal, with the same result.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -49,14 +50,21 @@ def event_uuid(trace_id: int, span_id: int, event: str) -> str:
 
     `uuid.uuid5(_UUID_NAMESPACE, name)`, computed without building UUID objects (it runs per event).
     """
-    import hashlib  # here: it loads OpenSSL (~3 ms), and only the sender thread needs it
-
     name = f"{trace_id:032x}-{span_id:016x}-{event}".encode()
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name).digest()[:16])
+    digest = bytearray(_sha1()(_NAMESPACE_BYTES + name).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = digest.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@functools.cache
+def _sha1() -> Callable[[bytes], Any]:
+    """hashlib.sha1, imported on first use: hashlib loads OpenSSL (~3 ms of start-up) and only the
+    sender thread needs it."""
+    import hashlib
+
+    return hashlib.sha1
 
 
 _second: tuple[int, str] = (0, "1970-01-01T00:00:00")  # the last second formatted, and its text
