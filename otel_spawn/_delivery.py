@@ -123,12 +123,15 @@ class Sender:
         self._attempt = 0
         self._not_before = 0.0
         self._in_flight: list[Outgoing] = []
+        self._flight = threading.Lock()  # taking a batch vs. shutdown() deciding what is in flight
+        self._closed = False
         reset_after_fork(self)
 
     def _after_fork(self) -> None:
         """In a forked child: no sender thread yet (the parent's did not survive the fork)."""
         self._wake, self._stop, self._lock = threading.Event(), threading.Event(), threading.Lock()
         self._thread, self._notified, self._in_flight = None, False, []
+        self._flight, self._closed = threading.Lock(), False
 
     def notify(self) -> None:
         """Events are waiting: start the thread if needed and wake it (once per round, not per event)."""
@@ -162,18 +165,27 @@ class Sender:
         if not self._lock.acquire(timeout=wait):
             return False
         try:
-            self.outbox.ingest()  # also while backing off: the journal must not grow during an outage
-            while not self.stats.auth_failed and time.monotonic() >= self._not_before:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
-                batch = self._within_bytes(self.outbox.take(self.batch_size))
-                if not batch:
-                    return True
-                if not self._deliver(batch, deadline):
-                    return False
+            if self._send_all(deadline):
+                return True
+            self.outbox.ingest()  # not sending for now (an outage): fold the journal into the capped spool
             return False
         finally:
             self._lock.release()
+
+    def _send_all(self, deadline: float | None) -> bool:
+        while not self.stats.auth_failed and time.monotonic() >= self._not_before:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            with self._flight:  # after shutdown() the thread takes nothing more (see there)
+                if self._closed and threading.current_thread() is self._thread:
+                    return False
+                batch = self._within_bytes(self.outbox.take(self.batch_size))
+                self._in_flight = batch
+            if not batch:
+                return True
+            if not self._deliver(batch, deadline):
+                return False
+        return False
 
     def _within_bytes(self, batch: list[Outgoing]) -> list[Outgoing]:
         """The head of `batch` that fits max_batch_bytes (at least one event); the rest goes back."""
@@ -253,7 +265,11 @@ class Sender:
         if self._thread is None:
             return True
         self._thread.join(0.005)
+        taking = self._flight.acquire(timeout=2 * timeout)  # not while the thread takes a batch
+        self._closed = True  # from here on the thread starts no request: the host may close the outbox
         in_flight = self._in_flight
+        if taking:
+            self._flight.release()
         if not self._thread.is_alive() or not in_flight:  # idle, backing off, or still setting up
             return not self._thread.is_alive()
         if self.client.abandon(in_flight):  # it never reached the server, and now never will

@@ -121,17 +121,17 @@ def frame(record: dict[str, Any]) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-def new_frames(fd: int, offset: int) -> tuple[list[bytes], int]:
+def new_frames(fd: int, offset: int, limit: int | None = None) -> tuple[list[bytes], int]:
     """The complete entries (payloads) after `offset`, at most READ_CHUNK bytes of them (at least one
-    whole entry), and the offset after them. An entry cut short (the disk filled up, the machine
-    died) is never complete, so it is never returned."""
+    whole entry) and at most `limit` entries, and the offset after them. An entry cut short (the
+    disk filled up, the machine died) is never complete, so it is never returned."""
     size = os.fstat(fd).st_size
     if size - offset < _LENGTH.size:
         return [], offset
     data = os.pread(fd, min(size - offset, READ_CHUNK), offset)
     out: list[bytes] = []
     pos = 0
-    while pos + _LENGTH.size <= len(data):
+    while pos + _LENGTH.size <= len(data) and (limit is None or len(out) < limit):
         (length,) = _LENGTH.unpack_from(data, pos)
         start, end = pos + _LENGTH.size, pos + _LENGTH.size + length
         if end > len(data):
