@@ -42,6 +42,7 @@ TEMPORARY_GRACE_SECONDS = 60.0  # a leftover temporary younger than this may be 
 
 AVAILABLE = fcntl is not None
 _LENGTH = struct.Struct("<I")
+_TYPICAL_ENTRY = 1024  # bytes read per entry wanted; a longer entry is read whole all the same
 
 
 class Journal:
@@ -128,7 +129,8 @@ def new_frames(fd: int, offset: int, limit: int | None = None) -> tuple[list[byt
     size = os.fstat(fd).st_size
     if size - offset < _LENGTH.size:
         return [], offset
-    data = os.pread(fd, min(size - offset, READ_CHUNK), offset)
+    want = READ_CHUNK if limit is None else min(READ_CHUNK, limit * _TYPICAL_ENTRY)  # more is read if needed
+    data = os.pread(fd, min(size - offset, want), offset)
     out: list[bytes] = []
     pos = 0
     while pos + _LENGTH.size <= len(data) and (limit is None or len(out) < limit):

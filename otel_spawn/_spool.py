@@ -378,7 +378,12 @@ class SqliteSpool:
                     )
                     db.execute("UPDATE counters SET value = value + ? WHERE name = 'sent'", (len(events),))
                 journal.offset = direct[1]
-                self._retire(db, journal.detach())
+                # Rotate once all of it is sent (else the rest would be folded into SQLite), or if a
+                # backlog keeps it from ever being all sent.
+                if journal.offset >= _journal.ROTATE_BYTES and (
+                    journal.offset == journal.size or journal.offset >= 8 * _journal.ROTATE_BYTES
+                ):
+                    self._retire(db, journal.detach(force=True))
             except Exception as exc:  # not recorded as sent: folded (and sent again) later
                 warn_once("fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc)
             return True
