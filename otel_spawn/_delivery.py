@@ -23,7 +23,7 @@ from otel_spawn._translate import EventContext, SpanRecord, translate_record
 
 class Outbox(Protocol):
     def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None: ...  # host thread
-    def ingest(self) -> None: ...  # make what put_records wrote ready to take (the sender's thread)
+    def ingest(self, orphans: bool = True, own: bool = True, backlog_only: bool = False) -> None: ...
     def put(self, events: Sequence[Event]) -> None: ...
     def take(self, limit: int) -> list[Outgoing]: ...  # claim the oldest unsent events
     def ack(self, events: Sequence[Outgoing]) -> None: ...  # delivered: forget them
@@ -56,7 +56,7 @@ class MemoryOutbox:
     def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None:
         self.put([event for record in records for event in translate_record(record, context)])
 
-    def ingest(self) -> None:
+    def ingest(self, orphans: bool = True, own: bool = True, backlog_only: bool = False) -> None:
         pass
 
     def put(self, events: Sequence[Event]) -> None:
@@ -165,6 +165,9 @@ class Sender:
         if not self._lock.acquire(timeout=wait):
             return False
         try:
+            self.outbox.ingest(
+                orphans=False, backlog_only=True
+            )  # keep the journal small, whatever the network
             if self._send_all(deadline):
                 return True
             self.outbox.ingest()  # not sending for now (an outage): fold the journal into the capped spool
@@ -173,19 +176,28 @@ class Sender:
             self._lock.release()
 
     def _send_all(self, deadline: float | None) -> bool:
+        self.outbox.ingest(own=False)  # dead processes' journals (when due), before any batch is taken
         while not self.stats.auth_failed and time.monotonic() >= self._not_before:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             with self._flight:  # after shutdown() the thread takes nothing more (see there)
-                if self._closed and threading.current_thread() is self._thread:
+                if self._stopped():
                     return False
                 batch = self._within_bytes(self.outbox.take(self.batch_size))
                 self._in_flight = batch
+            if batch and self._stopped():  # shutdown() came while taking it: send nothing now
+                self.outbox.release(batch)
+                self._in_flight = []
+                return False
             if not batch:
                 return True
             if not self._deliver(batch, deadline):
                 return False
         return False
+
+    def _stopped(self) -> bool:
+        """True on the sender thread once shutdown() has decided what is in flight."""
+        return self._closed and threading.current_thread() is self._thread
 
     def _within_bytes(self, batch: list[Outgoing]) -> list[Outgoing]:
         """The head of `batch` that fits max_batch_bytes (at least one event); the rest goes back."""
@@ -265,11 +277,12 @@ class Sender:
         if self._thread is None:
             return True
         self._thread.join(0.005)
-        taking = self._flight.acquire(timeout=2 * timeout)  # not while the thread takes a batch
         self._closed = True  # from here on the thread starts no request: the host may close the outbox
-        in_flight = self._in_flight
-        if taking:
+        if self._flight.acquire(timeout=0.005):  # a batch being taken now is released by the thread
+            in_flight = self._in_flight
             self._flight.release()
+        else:
+            in_flight = []
         if not self._thread.is_alive() or not in_flight:  # idle, backing off, or still setting up
             return not self._thread.is_alive()
         if self.client.abandon(in_flight):  # it never reached the server, and now never will

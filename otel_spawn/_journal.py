@@ -148,7 +148,7 @@ def new_frames(fd: int, offset: int, limit: int | None = None) -> tuple[list[byt
 
 def header(fd: int) -> bytes:
     """The first entry of a journal (what its process's events share)."""
-    frames, _ = new_frames(fd, 0)
+    frames, _ = new_frames(fd, 0, limit=1)
     if not frames:
         raise ValueError("the journal has no header")
     return frames[0]
