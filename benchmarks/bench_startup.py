@@ -48,9 +48,7 @@ UNCACHED = "otel-spawn, own modules uncached"
 
 def _env(bytecode: Path, **overrides: str) -> dict[str, str]:
     """A clean environment whose interpreter reads (and writes) compiled modules under `bytecode`."""
-    env = clean_env(PYTHONPYCACHEPREFIX=str(bytecode))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return {**env, **overrides}
+    return clean_env(PYTHONPYCACHEPREFIX=str(bytecode), **overrides)
 
 
 def _uncached_env(cwd: Path) -> dict[str, str]:

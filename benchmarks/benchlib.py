@@ -13,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -58,12 +59,22 @@ def per_call_wall_and_thread_us(loop: Callable[[int], object], n: int) -> tuple[
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
-    """This process's environment without any telemetry setting, plus `overrides`."""
+    """This process's environment without any telemetry setting, plus `overrides`.
+
+    Children read compiled modules from a bytecode cache of the benchmarks' own (as an installed
+    package does: pip compiles on install), even if this shell sets PYTHONDONTWRITEBYTECODE: else an
+    editable install recompiles otel_spawn on every run while installed peers do not, and a run that
+    imports more of it (telemetry on vs off) pays its compilation as if it were run time. The demo's
+    own state (its list of VMs) starts empty, so runs do not slow down as it grows.
+    """
     env = {
         name: value
         for name, value in os.environ.items()
         if name not in _CLEARED and not name.startswith(_CLEARED_PREFIXES)
     }
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "otel-spawn-bench-pycache")
+    env["SPAWN_DEMO_HOME"] = tempfile.mkdtemp(prefix="otel-spawn-bench-demo-")  # the demo's fleet file
     env.update(overrides)
     return env
 
