@@ -23,7 +23,7 @@ from otel_spawn._translate import EventContext, SpanRecord, translate_record
 
 class Outbox(Protocol):
     def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None: ...  # host thread
-    def ingest(self, orphans: bool = True, own: bool = True, backlog_only: bool = False) -> None: ...
+    def ingest(self, orphans: bool = True, own: bool = True) -> None: ...  # fold what put_records wrote
     def put(self, events: Sequence[Event]) -> None: ...
     def take(self, limit: int) -> list[Outgoing]: ...  # claim the oldest unsent events
     def ack(self, events: Sequence[Outgoing]) -> None: ...  # delivered: forget them
@@ -56,7 +56,7 @@ class MemoryOutbox:
     def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None:
         self.put([event for record in records for event in translate_record(record, context)])
 
-    def ingest(self, orphans: bool = True, own: bool = True, backlog_only: bool = False) -> None:
+    def ingest(self, orphans: bool = True, own: bool = True) -> None:
         pass
 
     def put(self, events: Sequence[Event]) -> None:
@@ -106,7 +106,7 @@ class Sender:
 
     outbox: Outbox
     client: PostHogClient
-    batch_size: int = 500
+    batch_size: int = 1000
     max_batch_bytes: int = 4 << 20  # PostHog takes up to 20 MiB per request
     interval: float = 0.2
     linger: float = 0.02  # after a wake-up, let a few more events join the batch (not when stopping)
@@ -165,9 +165,6 @@ class Sender:
         if not self._lock.acquire(timeout=wait):
             return False
         try:
-            self.outbox.ingest(
-                orphans=False, backlog_only=True
-            )  # keep the journal small, whatever the network
             if self._send_all(deadline):
                 return True
             self.outbox.ingest()  # not sending for now (an outage): fold the journal into the capped spool

@@ -38,8 +38,6 @@ from otel_spawn._translate import EventContext, SpanRecord, encode_record, trans
 
 SPOOL_DB = "spool.sqlite3"
 LEASE_SECONDS = 30.0
-BACKLOG_BYTES = 1 << 20  # unsent journal bytes past which the sender folds them before sending
-HOST_FOLD_BYTES = 8 << 20  # ... and past which the host's thread folds them itself (bounds the journal)
 ORPHAN_SCAN_SECONDS = 30.0  # how often a running process looks for journals of processes that died
 
 
@@ -117,7 +115,7 @@ class SqliteSpool:
         if journal is not None and journal.appending and self._db is not None:
             try:
                 journal.append(b"".join([_journal.frame(r) for r in records]), self._header_of(context))
-                if journal.size - journal.offset > HOST_FOLD_BYTES:  # the sender cannot keep up: help
+                if journal.size - journal.offset > self.max_bytes:  # the sender cannot keep up: help
                     self.ingest(orphans=False)
                 return
             except OSError as exc:  # what the journal holds is still folded; new records skip it
@@ -137,13 +135,11 @@ class SqliteSpool:
             self._degrade("write", exc)
             self._memory.put(events)
 
-    def ingest(self, orphans: bool = True, own: bool = True, backlog_only: bool = False) -> None:
-        """Fold journals into SQLite: this process's new entries (unless `own` is False; with
-        `backlog_only`, only once more than BACKLOG_BYTES wait), and (every ORPHAN_SCAN_SECONDS,
-        unless `orphans` is False) those of processes that died or exited without folding."""
+    def ingest(self, orphans: bool = True, own: bool = True) -> None:
+        """Fold journals into SQLite: this process's new entries (unless `own` is False), and (every
+        ORPHAN_SCAN_SECONDS, unless `orphans` is False) those of processes that died or exited
+        without folding (forked workers)."""
         journal = self._journal if own else None
-        if journal is not None and backlog_only and journal.size - journal.offset <= BACKLOG_BYTES:
-            journal = None
         scan = orphans and time.monotonic() >= self._orphan_scan_due
         if (journal is None or journal.fd is None) and not scan:
             return
