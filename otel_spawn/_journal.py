@@ -35,7 +35,7 @@ except ImportError:  # Windows
 
 PREFIX = "journal-"
 SUFFIX = ".journal"
-READ_CHUNK = 4 << 20  # fold at most this many bytes per transaction
+READ_CHUNK = 1 << 20  # fold at most this many bytes per transaction (bounds the memory a fold takes)
 ROTATE_BYTES = 1 << 20  # start a new journal once this much has been folded
 
 TEMPORARY_GRACE_SECONDS = 60.0  # a leftover temporary younger than this may be a journal being created
