@@ -114,7 +114,12 @@ class SqliteSpool:
         journal = self._journal
         if journal is not None and journal.appending and self._db is not None:
             try:
-                journal.append(b"".join([_journal.frame(r) for r in records]), self._header_of(context))
+                data = (
+                    _journal.frame(records[0])
+                    if len(records) == 1
+                    else b"".join(map(_journal.frame, records))
+                )
+                journal.append(data, self._header_of(context))
                 if journal.size - journal.offset > self.max_bytes:  # the sender cannot keep up: help
                     self.ingest(orphans=False)
                 return

@@ -136,7 +136,11 @@ SpanRecord = dict[str, Any]
 def span_record(span: ReadableSpan) -> SpanRecord | None:
     """The record of a span the funnel API marked, or None for a trace-only span."""
     attrs = span.attributes
-    if not attrs or c.ATTR_KIND not in attrs or span.context is None or span.end_time is None:
+    context, end = span.context, span.end_time
+    if not attrs or context is None or end is None:
+        return None
+    plain = dict(attrs)  # one pass over the SDK's mapping; the checks below run on a dict
+    if c.ATTR_KIND not in plain:
         return None
     exception = None
     if span.status.status_code is StatusCode.ERROR:  # the funnel API records exceptions on failed spans only
@@ -145,12 +149,12 @@ def span_record(span: ReadableSpan) -> SpanRecord | None:
                 exception = dict(event.attributes or {})
                 break
     return {
-        "t": span.context.trace_id,
-        "s": span.context.span_id,
+        "t": context.trace_id,
+        "s": context.span_id,
         "n": span.name,
         "b": span.start_time,
-        "e": span.end_time,
-        "a": dict(attrs),
+        "e": end,
+        "a": plain,
         "x": exception,
         "d": span.status.description,
     }
