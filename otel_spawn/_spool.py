@@ -1,9 +1,11 @@
 """The durable spool: product events kept from the moment their step completes until PostHog acks them.
 
 When a step ends its scrubbed span record is appended to this process's journal (see _journal.py:
-one write, survives SIGKILL); the sender thread folds the journal into SQLite, translated into
-events, every few tens of milliseconds and at exit. Where flock is missing (Windows) or the
-journal cannot be written, events go straight into SQLite.
+one write, survives SIGKILL). The sender thread translates the records into events: while the
+endpoint keeps up it sends them straight from the journal and only moves the journal's offset once
+PostHog acknowledged them; otherwise (an outage, a retry, exit) it folds them into SQLite, offset
+and events in one transaction. Where flock is missing (Windows) or the journal cannot be written,
+events go straight into SQLite.
 
 Several processes of one app share the spool. A sender *claims* a batch (a lease of LEASE_SECONDS)
 so no two processes send the same events at once; it deletes only what PostHog acknowledged. A
@@ -34,11 +36,11 @@ from otel_spawn._delivery import MemoryOutbox
 from otel_spawn._fork import reset_after_fork
 from otel_spawn._guard import warn_once
 from otel_spawn._posthog import Event, Outgoing
-from otel_spawn._translate import EventContext, SpanRecord, encode_record, translate_record
+from otel_spawn._spool_journal import JournalFolding
+from otel_spawn._translate import EventContext, SpanRecord, translate_record
 
 SPOOL_DB = "spool.sqlite3"
 LEASE_SECONDS = 30.0
-ORPHAN_SCAN_SECONDS = 30.0  # how often a running process looks for journals of processes that died
 
 
 _SCHEMA = """
@@ -61,7 +63,6 @@ _ROWS_PER_INSERT = 500  # 6 parameters a row: well under SQLite's 32,766
 # Separators for rows packed into one text (group_concat): JSON text never holds raw control characters.
 _SEP_FIELD, _SEP_ROW = "\x01", "\x02"
 _FIELD, _ROW = "char(1)", "char(2)"
-_JOURNAL_KEY = "journal:"  # meta key prefix: how many bytes of a journal file are folded in
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class SpoolStatus:
     last_error_at: float | None
 
 
-class SqliteSpool:
+class SqliteSpool(JournalFolding):
     """A durable, multi-process `Outbox`; falls back to memory when the disk fails."""
 
     def __init__(
@@ -140,32 +141,6 @@ class SqliteSpool:
             self._degrade("write", exc)
             self._memory.put(events)
 
-    def ingest(self, orphans: bool = True, own: bool = True) -> None:
-        """Fold journals into SQLite: this process's new entries (unless `own` is False), and (every
-        ORPHAN_SCAN_SECONDS, unless `orphans` is False) those of processes that died or exited
-        without folding (forked workers)."""
-        journal = self._journal if own else None
-        scan = orphans and time.monotonic() >= self._orphan_scan_due
-        if (journal is None or journal.fd is None) and not scan:
-            return
-        with self._lock:
-            db = self._db
-            if db is None:
-                return
-            fd = journal.fd if journal is not None else None
-            if journal is not None and fd is not None:
-                try:
-                    self._materialize(db)  # a batch read straight from the journal, before folding past it
-                    self._fold(db, journal.name, fd, journal)
-                    self._retire(db, journal.detach())
-                except Exception as exc:  # retried at the next round
-                    warn_once(
-                        "fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc
-                    )
-            if scan:
-                self._orphan_scan_due = time.monotonic() + ORPHAN_SCAN_SECONDS
-                self._fold_orphans(db)
-
     def pending(self) -> bool:
         """Cheap (for the host's thread): is anything spooled or journaled, by any process?"""
         if self._memory.depth() or _journal.pending(self.path.parent):
@@ -175,39 +150,6 @@ class SqliteSpool:
                 return db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
         except (_Degraded, sqlite3.Error):
             return False
-
-    def _fold_orphans(self, db: sqlite3.Connection) -> None:
-        home = self.path.parent
-        try:
-            for name, fd in _journal.orphans(home):
-                try:
-                    self._retire(db, (fd, name), close=False)
-                except (sqlite3.Error, OSError) as exc:  # the disk or database: the next scan retries
-                    warn_once(
-                        "fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc
-                    )
-                except Exception as exc:  # its content: it would fail the same way every time
-                    _journal.set_aside(home, name)
-                    warn_once(
-                        "journal-unreadable", "otel-spawn: set aside unreadable journal %s (%s)", name, exc
-                    )
-        except OSError as exc:
-            warn_once("fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc)
-
-    def _retire(self, db: sqlite3.Connection, journal: tuple[int, str] | None, close: bool = True) -> None:
-        """Fold the rest of a journal nobody appends to any more, then remove it (file, then offset:
-        no crash in between can fold an entry twice)."""
-        if journal is None:
-            return
-        fd, name = journal
-        try:
-            self._fold(db, name, fd, None)
-            os.unlink(self.path.parent / name)
-            self._contexts.pop(name, None)
-            db.execute("DELETE FROM meta WHERE key = ?", (_JOURNAL_KEY + name,))
-        finally:
-            if close:
-                os.close(fd)
 
     def take(self, limit: int) -> list[Outgoing]:
         """The oldest unsent events, claimed: from memory, then SQLite; when both are empty, straight
@@ -352,119 +294,6 @@ class SqliteSpool:
                 self._degrade("open", exc)
 
     # --- internals -------------------------------------------------------------------------------
-
-    def _take_direct(self, limit: int) -> list[Outgoing]:
-        """Up to `limit` records' events from this process's journal, without storing them: the
-        batch in flight is remembered and settled by `ack` (the journal offset moves past it) or,
-        on any other outcome, stored in SQLite first (`_materialize`)."""
-        journal = self._journal
-        if journal is None or journal.fd is None or self._direct is not None:
-            return []
-        with self._lock:
-            db, fd = self._db, journal.fd
-            if db is None or fd is None or self._direct is not None:
-                return []
-            frames, end = _journal.new_frames(fd, journal.offset, limit)
-            if not frames:
-                return []
-            context = self._context_of(journal.name, fd)
-            events = self._encode(frames[1:] if journal.offset == 0 else frames, context)
-            self._direct = (journal.name, end, events)
-            return events
-
-    def _settle_direct(self, events: Sequence[Outgoing] | None) -> bool:
-        """`events` acknowledged: if they are the batch taken straight from the journal, move the
-        journal's offset past it (True). Anything else first stores that batch in SQLite, claimed."""
-        with self._lock:
-            db, direct, journal = self._db, self._direct, self._journal
-            if db is None or direct is None:
-                return False
-            if events is not direct[2] or journal is None or journal.name != direct[0]:
-                with contextlib.suppress(Exception):
-                    self._materialize(db)
-                return False
-            self._direct = None
-            try:
-                with _sqlite.transaction(db):
-                    db.execute(
-                        "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                        (_JOURNAL_KEY + direct[0], str(direct[1])),
-                    )
-                    db.execute("UPDATE counters SET value = value + ? WHERE name = 'sent'", (len(events),))
-                journal.offset = direct[1]
-                # Rotate once all of it is sent (else the rest would be folded into SQLite), or if a
-                # backlog keeps it from ever being all sent.
-                if journal.offset >= _journal.ROTATE_BYTES and (
-                    journal.offset == journal.size or journal.offset >= 8 * _journal.ROTATE_BYTES
-                ):
-                    self._retire(db, journal.detach(force=True))
-            except Exception as exc:  # not recorded as sent: folded (and sent again) later
-                warn_once("fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc)
-            return True
-
-    def _materialize(self, db: sqlite3.Connection) -> None:
-        """Store the batch taken straight from the journal (claimed by this process, as if taken from
-        SQLite) and move the journal's offset past it, in one transaction. The lock is held."""
-        if self._direct is None:
-            return
-        name, end, events = self._direct
-        self._direct = None
-        with _sqlite.transaction(db):
-            self._insert(db, events, claimed=True)
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_JOURNAL_KEY + name, str(end)))
-        if self._journal is not None and self._journal.name == name:
-            self._journal.offset = end
-
-    def _encode(self, frames: list[bytes], context: EventContext) -> list[Outgoing]:
-        events: list[Outgoing] = []
-        for payload in frames:
-            try:
-                events.extend(encode_record(_journal.decode(payload), context))
-            except Exception as exc:  # damaged, or of another shape (another version?): skip it
-                warn_once("journal-line", "otel-spawn: skipped an unreadable journal record (%s)", exc)
-        return events
-
-    def _header_of(self, context: EventContext) -> bytes:
-        if self._header is None or self._header[0] is not context:
-            fields = {
-                "distinct_id": context.distinct_id,
-                "prefix": context.prefix,
-                "static": dict(context.static),
-            }
-            self._header = (context, _journal.frame(fields))
-        return self._header[1]
-
-    def _context_of(self, name: str, fd: int) -> EventContext:
-        context = self._contexts.get(name)
-        if context is None:
-            fields = _journal.decode(_journal.header(fd))
-            context = EventContext(str(fields["distinct_id"]), str(fields["prefix"]), dict(fields["static"]))
-            self._contexts[name] = context
-        return context
-
-    def _fold(self, db: sqlite3.Connection, name: str, fd: int, own: _journal.Journal | None = None) -> None:
-        """Translate and store the entries of journal `name` not folded yet: after `own.offset`
-        for this process's journal, else after the offset recorded in the spool. Each chunk commits
-        with its offset, so no entry is stored twice, even by a process that takes over the journal."""
-        key = _JOURNAL_KEY + name
-        if own is not None:
-            offset = own.offset
-        else:
-            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-            offset = int(row[0]) if row else 0
-        size = os.fstat(fd).st_size  # what is there now: entries appended meanwhile wait for next time
-        while offset < size:
-            frames, end = _journal.new_frames(fd, offset)
-            if not frames:
-                return
-            context = self._context_of(name, fd)
-            events = self._encode(frames[1:] if offset == 0 else frames, context)  # first: the header
-            with _sqlite.transaction(db):
-                self._insert(db, events)
-                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(end)))
-            offset = end
-            if own is not None:
-                own.offset = end  # at once: a failure in the next chunk must not fold this one again
 
     def _insert(self, db: sqlite3.Connection, events: Sequence[Outgoing], claimed: bool = False) -> None:
         """Store events (inside a transaction), evicting the oldest when past the size cap; `claimed`:

@@ -1,0 +1,217 @@
+"""How the spool uses this process's journal, and the journals of processes that died (see _journal.py).
+
+`SqliteSpool` mixes this in. Folding translates journal entries into events and stores them in
+SQLite with the journal's offset in the same transaction, so no entry is stored twice, even by a
+process that takes over the journal of one that died. While the endpoint keeps up, the sender takes
+batches straight from the journal (`_take_direct`) and only moves the offset once PostHog
+acknowledged them (`_settle_direct`); any other outcome stores the batch first (`_materialize`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from otel_spawn import _journal, _sqlite
+from otel_spawn._guard import warn_once
+from otel_spawn._journal import Journal
+from otel_spawn._posthog import Outgoing
+from otel_spawn._translate import EventContext, encode_record
+
+JOURNAL_KEY = "journal:"  # meta key prefix: how many bytes of a journal file are folded in
+ORPHAN_SCAN_SECONDS = 30.0  # how often a running process looks for journals of processes that died
+
+
+class JournalFolding:
+    """The journal side of `SqliteSpool` (whose attributes and `_insert` these methods use)."""
+
+    path: Path
+    owner: str
+    lease: float
+    _lock: threading.Lock
+    _db: sqlite3.Connection | None
+    _journal: Journal | None
+    _header: tuple[EventContext, bytes] | None
+    _contexts: dict[str, EventContext]  # journal name -> its header
+    _orphan_scan_due: float  # monotonic time of the next look for dead processes' journals
+    _direct: tuple[str, int, list[Outgoing]] | None  # (journal, end, events) taken, not yet settled
+
+    def _insert(self, db: sqlite3.Connection, events: Sequence[Outgoing], claimed: bool = False) -> None:
+        raise NotImplementedError
+
+    def ingest(self, orphans: bool = True, own: bool = True) -> None:
+        """Fold journals into SQLite: this process's new entries (unless `own` is False), and (every
+        ORPHAN_SCAN_SECONDS, unless `orphans` is False) those of processes that died or exited
+        without folding (forked workers)."""
+        journal = self._journal if own else None
+        scan = orphans and time.monotonic() >= self._orphan_scan_due
+        if (journal is None or journal.fd is None) and not scan:
+            return
+        with self._lock:
+            db = self._db
+            if db is None:
+                return
+            fd = journal.fd if journal is not None else None
+            if journal is not None and fd is not None:
+                try:
+                    self._materialize(db)  # a batch read straight from the journal, before folding past it
+                    self._fold(db, journal.name, fd, journal)
+                    self._retire(db, journal.detach())
+                except Exception as exc:  # retried at the next round
+                    warn_once(
+                        "fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc
+                    )
+            if scan:
+                self._orphan_scan_due = time.monotonic() + ORPHAN_SCAN_SECONDS
+                self._fold_orphans(db)
+
+    def _fold_orphans(self, db: sqlite3.Connection) -> None:
+        home = self.path.parent
+        try:
+            for name, fd in _journal.orphans(home):
+                try:
+                    self._retire(db, (fd, name), close=False)
+                except (sqlite3.Error, OSError) as exc:  # the disk or database: the next scan retries
+                    warn_once(
+                        "fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc
+                    )
+                except Exception as exc:  # its content: it would fail the same way every time
+                    _journal.set_aside(home, name)
+                    warn_once(
+                        "journal-unreadable", "otel-spawn: set aside unreadable journal %s (%s)", name, exc
+                    )
+        except OSError as exc:
+            warn_once("fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc)
+
+    def _retire(self, db: sqlite3.Connection, journal: tuple[int, str] | None, close: bool = True) -> None:
+        """Fold the rest of a journal nobody appends to any more, then remove it (file, then offset:
+        no crash in between can fold an entry twice)."""
+        if journal is None:
+            return
+        fd, name = journal
+        try:
+            self._fold(db, name, fd, None)
+            os.unlink(self.path.parent / name)
+            self._contexts.pop(name, None)
+            db.execute("DELETE FROM meta WHERE key = ?", (JOURNAL_KEY + name,))
+        finally:
+            if close:
+                os.close(fd)
+
+    def _take_direct(self, limit: int) -> list[Outgoing]:
+        """Up to `limit` records' events from this process's journal, without storing them: the
+        batch in flight is remembered and settled by `ack` (the journal offset moves past it) or,
+        on any other outcome, stored in SQLite first (`_materialize`)."""
+        journal = self._journal
+        if journal is None or journal.fd is None or self._direct is not None:
+            return []
+        with self._lock:
+            db, fd = self._db, journal.fd
+            if db is None or fd is None or self._direct is not None:
+                return []
+            frames, end = _journal.new_frames(fd, journal.offset, limit)
+            if not frames:
+                return []
+            context = self._context_of(journal.name, fd)
+            events = self._encode(frames[1:] if journal.offset == 0 else frames, context)
+            self._direct = (journal.name, end, events)
+            return events
+
+    def _settle_direct(self, events: Sequence[Outgoing] | None) -> bool:
+        """`events` acknowledged: if they are the batch taken straight from the journal, move the
+        journal's offset past it (True). Anything else first stores that batch in SQLite, claimed."""
+        with self._lock:
+            db, direct, journal = self._db, self._direct, self._journal
+            if db is None or direct is None:
+                return False
+            if events is not direct[2] or journal is None or journal.name != direct[0]:
+                with contextlib.suppress(Exception):
+                    self._materialize(db)
+                return False
+            self._direct = None
+            try:
+                with _sqlite.transaction(db):
+                    db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        (JOURNAL_KEY + direct[0], str(direct[1])),
+                    )
+                    db.execute("UPDATE counters SET value = value + ? WHERE name = 'sent'", (len(events),))
+                journal.offset = direct[1]
+                # Rotate once all of it is sent (else the rest would be folded into SQLite), or if a
+                # backlog keeps it from ever being all sent.
+                if journal.offset >= _journal.ROTATE_BYTES and (
+                    journal.offset == journal.size or journal.offset >= 8 * _journal.ROTATE_BYTES
+                ):
+                    self._retire(db, journal.detach(force=True))
+            except Exception as exc:  # not recorded as sent: folded (and sent again) later
+                warn_once("fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc)
+            return True
+
+    def _materialize(self, db: sqlite3.Connection) -> None:
+        """Store the batch taken straight from the journal (claimed by this process, as if taken from
+        SQLite) and move the journal's offset past it, in one transaction. The lock is held."""
+        if self._direct is None:
+            return
+        name, end, events = self._direct
+        self._direct = None
+        with _sqlite.transaction(db):
+            self._insert(db, events, claimed=True)
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (JOURNAL_KEY + name, str(end)))
+        if self._journal is not None and self._journal.name == name:
+            self._journal.offset = end
+
+    def _encode(self, frames: list[bytes], context: EventContext) -> list[Outgoing]:
+        events: list[Outgoing] = []
+        for payload in frames:
+            try:
+                events.extend(encode_record(_journal.decode(payload), context))
+            except Exception as exc:  # damaged, or of another shape (another version?): skip it
+                warn_once("journal-line", "otel-spawn: skipped an unreadable journal record (%s)", exc)
+        return events
+
+    def _header_of(self, context: EventContext) -> bytes:
+        if self._header is None or self._header[0] is not context:
+            fields = {
+                "distinct_id": context.distinct_id,
+                "prefix": context.prefix,
+                "static": dict(context.static),
+            }
+            self._header = (context, _journal.frame(fields))
+        return self._header[1]
+
+    def _context_of(self, name: str, fd: int) -> EventContext:
+        context = self._contexts.get(name)
+        if context is None:
+            fields = _journal.decode(_journal.header(fd))
+            context = EventContext(str(fields["distinct_id"]), str(fields["prefix"]), dict(fields["static"]))
+            self._contexts[name] = context
+        return context
+
+    def _fold(self, db: sqlite3.Connection, name: str, fd: int, own: Journal | None = None) -> None:
+        """Translate and store the entries of journal `name` not folded yet: after `own.offset`
+        for this process's journal, else after the offset recorded in the spool. Each chunk commits
+        with its offset, so no entry is stored twice, even by a process that takes over the journal."""
+        key = JOURNAL_KEY + name
+        if own is not None:
+            offset = own.offset
+        else:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            offset = int(row[0]) if row else 0
+        size = os.fstat(fd).st_size  # what is there now: entries appended meanwhile wait for next time
+        while offset < size:
+            frames, end = _journal.new_frames(fd, offset)
+            if not frames:
+                return
+            context = self._context_of(name, fd)
+            events = self._encode(frames[1:] if offset == 0 else frames, context)  # first: the header
+            with _sqlite.transaction(db):
+                self._insert(db, events)
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(end)))
+            offset = end
+            if own is not None:
+                own.offset = end  # at once: a failure in the next chunk must not fold this one again
