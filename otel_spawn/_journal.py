@@ -68,8 +68,7 @@ class Journal:
                 self._create(header)
             assert self.fd is not None
             try:
-                if os.write(self.fd, data) != len(data):
-                    raise OSError("short write to the journal (disk full?)")
+                _write_all(self.fd, data)
             except OSError:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self.fd, self.size)
@@ -83,8 +82,7 @@ class Journal:
         fd = os.open(temporary, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.write(fd, header) != len(header):
-                raise OSError("short write to the journal (disk full?)")
+            _write_all(fd, header)
             os.replace(temporary, self.home / name)
         except BaseException:
             os.close(fd)
@@ -206,6 +204,11 @@ def set_aside(home: Path, name: str) -> None:
     """Rename an unreadable journal out of the way (kept for inspection, never folded again)."""
     with contextlib.suppress(OSError):
         os.replace(home / name, home / f"{name}.unreadable")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    if os.write(fd, data) != len(data):
+        raise OSError("short write to the journal (disk full?)")
 
 
 def _older_than(path: Path, seconds: float) -> bool:

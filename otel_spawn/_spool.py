@@ -62,7 +62,6 @@ _INSERT = "INSERT OR IGNORE INTO events (uuid, body, size, created, claimed_by, 
 _ROWS_PER_INSERT = 500  # 6 parameters a row: well under SQLite's 32,766
 # Separators for rows packed into one text (group_concat): JSON text never holds raw control characters.
 _SEP_FIELD, _SEP_ROW = "\x01", "\x02"
-_FIELD, _ROW = "char(1)", "char(2)"
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class SqliteSpool(JournalFolding):
         self.path = home / SPOOL_DB
         self.max_bytes = max_bytes
         self.lease = lease
-        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.owner = _new_owner()
         self._bytes_estimate = max_bytes  # so the first put measures what earlier runs left
         self._lock = threading.Lock()
         self._memory = MemoryOutbox()
@@ -115,12 +114,7 @@ class SqliteSpool(JournalFolding):
         journal = self._journal
         if journal is not None and journal.appending and self._db is not None:
             try:
-                data = (
-                    _journal.frame(records[0])
-                    if len(records) == 1
-                    else b"".join(map(_journal.frame, records))
-                )
-                journal.append(data, self._header_of(context))
+                journal.append(b"".join(map(_journal.frame, records)), self._header_of(context))
                 if journal.size - journal.offset > self.max_bytes:  # the sender cannot keep up: help
                     self.ingest(orphans=False)
                 return
@@ -168,9 +162,9 @@ class SqliteSpool(JournalFolding):
                     (self.owner, now + self.lease, now, limit - len(taken)),
                 )
                 (packed,) = db.execute(
-                    f"SELECT group_concat(uuid || {_FIELD} || body, {_ROW}) FROM (SELECT uuid, body"
+                    "SELECT group_concat(uuid || ? || body, ?) FROM (SELECT uuid, body"
                     " FROM events WHERE claimed_by = ? AND claimed_until = ? ORDER BY id)",
-                    (self.owner, now + self.lease),
+                    (_SEP_FIELD, _SEP_ROW, self.owner, now + self.lease),
                 ).fetchone()
         except (_Degraded, sqlite3.Error):
             return taken
@@ -285,7 +279,7 @@ class SqliteSpool(JournalFolding):
         at fork, and an SQLite connection must not be used across fork: it is kept, never touched)."""
         self._lock = threading.Lock()
         self._inherited_db = self._db
-        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.owner = _new_owner()
         if self._db is not None:
             try:
                 self._db = _open(self.path)
@@ -345,8 +339,8 @@ class SqliteSpool(JournalFolding):
             with self._read() as db:
                 marks = ",".join("?" * len(events))
                 (packed,) = db.execute(
-                    f"SELECT group_concat(uuid, {_ROW}) FROM events WHERE uuid IN ({marks})",
-                    [e.uuid for e in events],
+                    f"SELECT group_concat(uuid, ?) FROM events WHERE uuid IN ({marks})",
+                    [_SEP_ROW, *(e.uuid for e in events)],
                 ).fetchone()
                 return set(packed.split(_SEP_ROW)) if packed else set()
         except (_Degraded, sqlite3.Error):
@@ -379,6 +373,11 @@ class SqliteSpool(JournalFolding):
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
         self._db = None
+
+
+def _new_owner() -> str:
+    """Who holds a claim: this process, and this spool of it."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class _Degraded(Exception):

@@ -63,9 +63,7 @@ class JournalFolding:
                     self._fold(db, journal.name, fd, journal)
                     self._retire(db, journal.detach())
                 except Exception as exc:  # retried at the next round
-                    warn_once(
-                        "fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc
-                    )
+                    self._cannot_fold(exc)
             if scan:
                 self._orphan_scan_due = time.monotonic() + ORPHAN_SCAN_SECONDS
                 self._fold_orphans(db)
@@ -77,16 +75,17 @@ class JournalFolding:
                 try:
                     self._retire(db, (fd, name), close=False)
                 except (sqlite3.Error, OSError) as exc:  # the disk or database: the next scan retries
-                    warn_once(
-                        "fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc
-                    )
+                    self._cannot_fold(exc)
                 except Exception as exc:  # its content: it would fail the same way every time
                     _journal.set_aside(home, name)
                     warn_once(
                         "journal-unreadable", "otel-spawn: set aside unreadable journal %s (%s)", name, exc
                     )
         except OSError as exc:
-            warn_once("fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc)
+            self._cannot_fold(exc)
+
+    def _cannot_fold(self, exc: Exception) -> None:
+        warn_once("fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc)
 
     def _retire(self, db: sqlite3.Connection, journal: tuple[int, str] | None, close: bool = True) -> None:
         """Fold the rest of a journal nobody appends to any more, then remove it (file, then offset:
@@ -117,8 +116,7 @@ class JournalFolding:
             frames, end = _journal.new_frames(fd, journal.offset, limit)
             if not frames:
                 return []
-            context = self._context_of(journal.name, fd)
-            events = self._encode(frames[1:] if journal.offset == 0 else frames, context)
+            events = self._events(journal.name, fd, frames, journal.offset)
             self._direct = (journal.name, end, events)
             return events
 
@@ -136,10 +134,7 @@ class JournalFolding:
             self._direct = None
             try:
                 with _sqlite.transaction(db):
-                    db.execute(
-                        "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                        (JOURNAL_KEY + direct[0], str(direct[1])),
-                    )
+                    _record_offset(db, direct[0], direct[1])
                     db.execute("UPDATE counters SET value = value + ? WHERE name = 'sent'", (len(events),))
                 journal.offset = direct[1]
                 # Rotate once all of it is sent (else the rest would be folded into SQLite), or if a
@@ -149,7 +144,7 @@ class JournalFolding:
                 ):
                     self._retire(db, journal.detach(force=True))
             except Exception as exc:  # not recorded as sent: folded (and sent again) later
-                warn_once("fold", "otel-spawn: cannot fold the spool journal into %s (%s)", self.path, exc)
+                self._cannot_fold(exc)
             return True
 
     def _materialize(self, db: sqlite3.Connection) -> None:
@@ -161,13 +156,15 @@ class JournalFolding:
         self._direct = None
         with _sqlite.transaction(db):
             self._insert(db, events, claimed=True)
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (JOURNAL_KEY + name, str(end)))
+            _record_offset(db, name, end)
         if self._journal is not None and self._journal.name == name:
             self._journal.offset = end
 
-    def _encode(self, frames: list[bytes], context: EventContext) -> list[Outgoing]:
+    def _events(self, name: str, fd: int, frames: list[bytes], offset: int) -> list[Outgoing]:
+        """The events of journal entries read at `offset` (at 0 the first entry is the header)."""
+        context = self._context_of(name, fd)
         events: list[Outgoing] = []
-        for payload in frames:
+        for payload in frames[1:] if offset == 0 else frames:
             try:
                 events.extend(encode_record(_journal.decode(payload), context))
             except Exception as exc:  # damaged, or of another shape (another version?): skip it
@@ -196,22 +193,25 @@ class JournalFolding:
         """Translate and store the entries of journal `name` not folded yet: after `own.offset`
         for this process's journal, else after the offset recorded in the spool. Each chunk commits
         with its offset, so no entry is stored twice, even by a process that takes over the journal."""
-        key = JOURNAL_KEY + name
         if own is not None:
             offset = own.offset
         else:
-            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (JOURNAL_KEY + name,)).fetchone()
             offset = int(row[0]) if row else 0
         size = os.fstat(fd).st_size  # what is there now: entries appended meanwhile wait for next time
         while offset < size:
             frames, end = _journal.new_frames(fd, offset)
             if not frames:
                 return
-            context = self._context_of(name, fd)
-            events = self._encode(frames[1:] if offset == 0 else frames, context)  # first: the header
+            events = self._events(name, fd, frames, offset)
             with _sqlite.transaction(db):
                 self._insert(db, events)
-                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(end)))
+                _record_offset(db, name, end)
             offset = end
             if own is not None:
                 own.offset = end  # at once: a failure in the next chunk must not fold this one again
+
+
+def _record_offset(db: sqlite3.Connection, name: str, offset: int) -> None:
+    """How far journal `name` is folded or sent (inside the transaction that got it there)."""
+    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (JOURNAL_KEY + name, str(offset)))

@@ -37,11 +37,12 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+CLI = (sys.executable, "-m", "otel_spawn._cli")  # `otel-spawn` as a child process's command
+
+
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`otel-spawn ARGS` in a child process."""
-    return subprocess.run(
-        [sys.executable, "-m", "otel_spawn._cli", *args], env=env, text=True, capture_output=True, timeout=60
-    )
+    return subprocess.run([*CLI, *args], env=env, text=True, capture_output=True, timeout=60)
 
 
 def posthog_env(host: str, key: str = "phc_test", **extra: str) -> dict[str, str]:

@@ -10,7 +10,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import posthog_env
+from helpers import CLI, posthog_env
 from servers import AcceptThenDrop, CaptureServer, Status, unused_port
 
 import otel_spawn
@@ -51,18 +50,7 @@ def env_for(host: str, home: Path, **extra: str) -> dict[str, str]:
 
 
 def demo(*args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "otel_spawn._cli",
-        "demo",
-        "launch",
-        "--agent",
-        "claude",
-        "--cloud",
-        "gcp",
-        *args,
-    ]
+    return [*CLI, "demo", "launch", "--agent", "claude", "--cloud", "gcp", *args]
 
 
 def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -114,7 +102,7 @@ def test_unreachable_endpoint_keeps_everything_spooled(
     with contextlib.closing(sqlite3.connect(home / SPOOL_DB)) as db, db:
         db.execute("UPDATE events SET claimed_until = 0 WHERE claimed_until IS NOT NULL")
     flushed = run(
-        [sys.executable, "-m", "otel_spawn._cli", "flush"],
+        [*CLI, "flush"],
         env_for(capture_server.url, home, OTEL_SPAWN_APP="spawn"),
     )
     assert flushed.returncode == 0, flushed.stderr
@@ -299,11 +287,10 @@ def test_disable_deletes_unsent_and_status_reports_spool(home: Path) -> None:
     dead = f"http://127.0.0.1:{unused_port()}"
     env = env_for(dead, home, OTEL_SPAWN_APP="spawn")
     assert run(demo(), env).returncode == 0
-    cli = [sys.executable, "-m", "otel_spawn._cli"]
-    status = run([*cli, "status"], env).stdout
+    status = run([*CLI, "status"], env).stdout
     assert f"{DEMO_EVENTS} unsent" in status
     assert "network error" in status
-    disabled = run([*cli, "disable"], env).stdout
+    disabled = run([*CLI, "disable"], env).stdout
     assert f"deleted {DEMO_EVENTS} unsent event(s)" in disabled
     assert spooled(home) == []
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 
-from helpers import child_env
+from helpers import CLI, child_env
 from servers import CaptureServer, OtlpReceiver
 
 OPENROUTER_KEY = "sk-or-v1-" + secrets.token_hex(32)
@@ -24,9 +23,7 @@ def run_demo(home: Path, env_extra: dict[str, str]) -> subprocess.CompletedProce
     message = f"auth failed with token {GITHUB_TOKEN} reading /home/{USER}/.config/spawn/hetzner.json"
     return subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "otel_spawn._cli",
+            *CLI,
             "demo",
             "launch",
             "--agent",
