@@ -17,10 +17,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import Any
+from types import MappingProxyType
+from typing import Any, cast
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
+from opentelemetry.util.types import Attributes
 
 from otel_spawn import _constants as c
 from otel_spawn._posthog import Event, Outgoing, encode_json
@@ -133,20 +136,31 @@ def exception_properties(
 SpanRecord = dict[str, Any]
 
 
+def plain_attributes(attributes: Attributes) -> dict[str, Any]:
+    """A span's (or event's, link's) attributes as a plain dict, cheaply: reading the SDK's
+    BoundedAttributes item by item calls a Python method per item; its `copy()` (which a
+    MappingProxyType's `copy()` calls) copies the dict underneath."""
+    if isinstance(attributes, (MappingProxyType, BoundedAttributes)):  # a span's: a proxy of the SDK's
+        attributes = attributes.copy()
+        if type(attributes) is dict:
+            return cast(dict[str, Any], attributes)
+    return dict(attributes or {})
+
+
 def span_record(span: ReadableSpan) -> SpanRecord | None:
     """The record of a span the funnel API marked, or None for a trace-only span."""
     attrs = span.attributes
     context, end = span.context, span.end_time
     if not attrs or context is None or end is None:
         return None
-    plain = dict(attrs)  # one pass over the SDK's mapping; the checks below run on a dict
+    plain = plain_attributes(attrs)
     if c.ATTR_KIND not in plain:
         return None
     exception = None
     if span.status.status_code is StatusCode.ERROR:  # the funnel API records exceptions on failed spans only
         for event in span.events:
             if event.name == "exception":
-                exception = dict(event.attributes or {})
+                exception = plain_attributes(event.attributes)
                 break
     return {
         "t": context.trace_id,

@@ -21,6 +21,7 @@ from otel_spawn._translate import (
     event_uuid,
     exception_frames,
     iso_timestamp,
+    plain_attributes,
     translate,
 )
 
@@ -326,3 +327,16 @@ def test_iso_timestamp_and_uuid_match_the_standard_library(micros: int) -> None:
     trace_id, span_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
     name = f"{trace_id:032x}-{span_id:016x}-funnel_vm_ready"
     assert event_uuid(trace_id, span_id, "funnel_vm_ready") == str(uuid.uuid5(_UUID_NAMESPACE, name))
+
+
+def test_plain_attributes_copies_what_spans_and_events_hold(spans: InMemorySpanExporter) -> None:
+    """A finished span's attributes (a read-only view of the SDK's BoundedAttributes), an event's, a
+    plain mapping or none: always a new plain dict with the same items."""
+    with otel_spawn.funnel("f"), otel_spawn.step("one") as span:
+        span.add_event("e", {"k": "v"})
+    finished = next(s for s in spans.get_finished_spans() if s.name == "one")
+    for attributes in (finished.attributes, finished.events[0].attributes, {"a": 1}, None):
+        plain = plain_attributes(attributes)
+        assert type(plain) is dict and plain == dict(attributes or {})
+        plain["new"] = 1
+        assert "new" not in (attributes or {})
