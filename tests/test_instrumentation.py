@@ -228,6 +228,29 @@ def test_uninstrument_restores_every_original_exactly(apps: AppFactory) -> None:
     assert installed_spec() is None
 
 
+def test_uninstrument_leaves_a_wrapper_that_was_replaced_or_wrapped_over(
+    apps: AppFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Something set over our wrapper after instrumenting stays (and is reported); the rest is restored."""
+    monkeypatch.setenv("OTEL_SPAWN_SWALLOW_ERRORS", "1")  # the production path: warn, carry on
+    apps.write(APP)
+    picker = importlib.import_module("mycli.picker")
+    original_preflight = picker.preflight
+    instrument_spec(spec())
+    ours = picker.choose_agent
+
+    def theirs(*args: Any, **kwargs: Any) -> Any:
+        return ours(*args, **kwargs)
+
+    picker.choose_agent = theirs
+    with caplog.at_level(logging.WARNING, logger="otel_spawn"):
+        uninstrument()
+    assert picker.choose_agent is theirs
+    assert picker.preflight is original_preflight
+    assert installed_spec() is None
+    assert any("mycli.picker:choose_agent" in r.getMessage() for r in caplog.records)
+
+
 def test_install_is_idempotent_and_a_new_spec_replaces_the_old(apps: AppFactory) -> None:
     """Instrumenting twice with one spec wraps once; a different spec first undoes the old one."""
     apps.write(APP)
