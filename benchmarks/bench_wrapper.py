@@ -7,10 +7,10 @@ of each are taken back to back, in alternating order, many times, in CPU time wi
 collector off (as timeit does); "wrapper overhead" is the median of the paired differences
 wrapped - by hand: the wrapper's own cost per call. "wrapt floor" is what a do-nothing wrapt
 wrapper costs: module functions get a FunctionWrapper with the "staticmethod" binding, which skips
-wrapt's per-call check for an unbound method call (see otel_spawn_instrumentation/_patcher.py). Goal: <= 1 us. After `uninstrument()` the
-original function object is back, so a call costs exactly a bare call. Tracer providers: "noop"
-(no spans: least noise) and "sdk" (an SDK TracerProvider without processors: real spans, dropped
-when they end).
+wrapt's per-call check for an unbound method call (see otel_spawn_instrumentation/_patcher.py).
+Goal: <= 1 us. After `uninstrument()` the original function object is back, so a call costs
+exactly a bare call. Tracer providers: "noop" (no spans: least noise) and "sdk" (an SDK
+TracerProvider without processors: real spans, dropped when they end).
 """
 
 from __future__ import annotations
