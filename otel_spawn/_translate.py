@@ -11,6 +11,7 @@ or in whichever process picks up a killed run's journal, with the same result.
 from __future__ import annotations
 
 import functools
+import marshal
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
@@ -47,18 +48,25 @@ class EventContext:
         """The static keys, the static properties as JSON members, and the distinct_id as JSON."""
         return frozenset(self.static), encode_json(dict(self.static))[1:-1], encode_json(self.distinct_id)
 
+    @cached_property
+    def _step_cache(self) -> dict[bytes, _StepJson]:
+        """`encode_record`'s completed steps, for events of this context only."""
+        return {}
+
 
 def event_uuid(trace_id: int, span_id: int, event: str) -> str:
-    """A stable uuid for (span, event): a re-export resends the identical uuid.
+    """A stable uuid for (span, event): a re-export resends the identical uuid."""
+    return _uuid5(_NAMESPACE_BYTES + f"{trace_id:032x}-{span_id:016x}-{event}".encode())
 
-    `uuid.uuid5(_UUID_NAMESPACE, name)`, computed without building UUID objects (it runs per event).
-    """
-    name = f"{trace_id:032x}-{span_id:016x}-{event}".encode()
-    digest = bytearray(_sha1()(_NAMESPACE_BYTES + name).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+def _uuid5(namespace_and_name: bytes) -> str:
+    """`str(uuid.uuid5(namespace, name))`, computed without building UUID objects (it runs per event):
+    the SHA-1's first 32 hex digits, two of them replaced by the version (5) and the variant."""
+    h = _sha1()(namespace_and_name).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}  # RFC 4122: 0b10xx
 
 
 @functools.cache
@@ -195,8 +203,101 @@ def translate_record(record: SpanRecord, ctx: EventContext) -> list[Event]:
 
 
 def encode_record(record: SpanRecord, ctx: EventContext) -> list[Outgoing]:
-    """`translate_record`, encoded: the same JSON text as `encode_json(event)`, with the static
-    properties encoded once per context instead of once per event."""
+    """`translate_record`, encoded: the same JSON text as `encode_json(event)`.
+
+    The static properties are encoded once per context. Most records are completed steps whose
+    attributes repeat from record to record of a funnel run: for those the context caches the JSON
+    text of the event around what the record's s, b and e decide (uuid, timestamp, elapsed_ms,
+    step_duration_ms), from the second record of the same trace id and attributes on. The key is
+    their marshal bytes in format 0 (no references, no interning flags: equal values, equal bytes),
+    and equal bytes mean equal values of equal types, so a hit is exact where `==` is not
+    (1 == 1.0 == True, 0.0 == -0.0). At most `_STEPS_CACHED` keys, then the cache starts afresh; it
+    holds nothing the records do not. Any other record takes the general path."""
+    attrs: dict[str, Any] = record["a"]
+    if attrs.get(c.ATTR_KIND) != c.KIND_STEP:
+        return _encode_parts(record, ctx)
+    try:
+        key = marshal.dumps((record["t"], attrs), 0)
+    except ValueError:  # a value marshal cannot write (none in a record read back from the journal)
+        return _encode_parts(record, ctx)
+    cache = ctx._step_cache
+    step = cache.get(key)
+    if step is None:  # the key's first record: the general path (a one-off costs no more than that)
+        if len(cache) >= _STEPS_CACHED:
+            cache.clear()
+        cache[key] = _ONCE
+        return _encode_parts(record, ctx)
+    if step is _ONCE:  # its second: worth preparing the rest
+        step = cache[key] = _step_json(record, ctx) or _GENERAL
+    if step is _GENERAL:
+        return _encode_parts(record, ctx)
+    uuid_head, uuid_tail, start_ns, head, to_elapsed, to_duration, tail = step
+    end: int = record["e"]
+    uid = _uuid5(b"%b%016x%b" % (uuid_head, record["s"], uuid_tail))
+    elapsed, duration = max(0, _ms(end - start_ns)), _ms(end - (record["b"] or end))
+    body = f'{head}{iso_timestamp(end)}","uuid":"{uid}{to_elapsed}{elapsed}{to_duration}{duration}{tail}'
+    return [Outgoing(uid, body)]
+
+
+_STEPS_CACHED = 256  # a few funnel runs' steps (an entry: 1-2 KB)
+
+
+class _StepJson(NamedTuple):
+    """A completed step's event, but for what the record's s, b and e decide."""
+
+    uuid_head: bytes  # what the uuid hashes before the span id: namespace and trace id,
+    uuid_tail: bytes  # ... and after it: the event's name
+    start_ns: int  # the funnel's start
+    head: str  # the JSON up to the timestamp,
+    to_elapsed: str  # from the uuid to elapsed_ms,
+    to_duration: str  # from there to step_duration_ms,
+    tail: str  # and the rest
+
+
+_ONCE = _StepJson(b"", b"", 0, "", "", "", "")  # in the cache (compared by identity): a key seen once,
+_GENERAL = _StepJson(b"", b"", 0, "", "", "", "")  # ... a key whose records take the general path
+
+
+def _step_json(record: SpanRecord, ctx: EventContext) -> _StepJson | None:
+    """What `_parts` and `encode_record` make of a step record, as `_StepJson`; None unless it is a
+    completed step's with no key twice among the static properties, its context, the keys `_parts`
+    adds and its properties (the merges there decide which value wins, and where)."""
+    attrs: Mapping[str, Any] = record["a"]
+    start_ns = attrs.get(c.ATTR_FUNNEL_START)
+    if not isinstance(start_ns, int) or c.ATTR_STEP not in attrs:  # (else `n` names it: not in the key)
+        return None
+    if attrs.get(c.ATTR_OUTCOME) not in (None, "completed"):
+        return None
+    context, properties = _app_attributes(attrs)
+    source = {"source": attrs[c.ATTR_SOURCE]} if isinstance(attrs.get(c.ATTR_SOURCE), str) else {}
+    keys = [*ctx.static, *context, "funnel", "funnel_id", "trace_id", "elapsed_ms", *source]
+    keys += ["step", "step_duration_ms", *properties]
+    if len(set(keys)) != len(keys):
+        return None
+    static_json, distinct_id = ctx._encoded[1:]
+    trace_id = f"{record['t']:032x}"
+    step = str(attrs[c.ATTR_STEP])
+    name = f"{ctx.prefix}{step}"
+    common = {**context, "funnel": attrs.get(c.ATTR_FUNNEL), "funnel_id": trace_id, "trace_id": trace_id}
+    static = f"{static_json}," if static_json else ""
+    return _StepJson(
+        uuid_head=_NAMESPACE_BYTES + f"{trace_id}-".encode(),
+        uuid_tail=f"-{name}".encode(),
+        start_ns=start_ns,
+        head=f'{{"event":{encode_json(name)},"distinct_id":{distinct_id},"timestamp":"',
+        to_elapsed=f'","properties":{{{static}{encode_json(common)[1:-1]},"elapsed_ms":',
+        to_duration=f'{_members(source)},"step":{encode_json(step)},"step_duration_ms":',
+        tail=f"{_members(properties)}}}}}",
+    )
+
+
+def _members(properties: dict[str, Any]) -> str:
+    """`properties` as JSON object members, each after a comma."""
+    return f",{encode_json(properties)[1:-1]}" if properties else ""
+
+
+def _encode_parts(record: SpanRecord, ctx: EventContext) -> list[Outgoing]:
+    """`encode_record`'s general path: any record's events, from `_parts`."""
     static_keys, static_json, distinct_id = ctx._encoded
     out = []
     for name, timestamp, uid, properties in _parts(record, ctx):

@@ -5,19 +5,21 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import marshal
 import os
+import random
 import signal
 import sqlite3
 import stat
 import struct
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from otel_spawn import _journal
-from otel_spawn._posthog import encode_json
+from otel_spawn import _journal, _translate
+from otel_spawn._posthog import Outgoing, encode_json
 from otel_spawn._spool import SPOOL_DB, SqliteSpool
 from otel_spawn._translate import EventContext, SpanRecord, encode_record, translate_record
 
@@ -306,6 +308,25 @@ def test_a_forked_child_writes_a_journal_of_its_own(home: Path) -> None:
     assert journals(home) == []
 
 
+CONTEXTS = [  # static properties the records' keys may collide with, and a quote to escape
+    CTX,
+    EventContext(distinct_id="d-2", static={}),
+    EventContext(distinct_id='d "3"', prefix="", static={"source": "cli", "step": "s", "is_ci": False}),
+]
+
+
+def journaled(r: SpanRecord) -> SpanRecord:
+    """A fresh copy of `r`, as the journal hands records to `encode_record` (marshal)."""
+    return cast(SpanRecord, _journal.decode(marshal.dumps(r)))
+
+
+def assert_encodes_as_translated(r: SpanRecord, ctx: EventContext) -> list[tuple[str, str]]:
+    """`encode_record` gives the uuids and the JSON of `translate_record`'s events, key order too."""
+    expected = [(event["uuid"], encode_json(event)) for event in translate_record(r, ctx)]
+    assert [(e.uuid, e.body) for e in encode_record(journaled(r), ctx)] == expected
+    return expected
+
+
 @pytest.mark.parametrize(
     "attributes",
     [
@@ -313,16 +334,152 @@ def test_a_forked_child_writes_a_journal_of_its_own(home: Path) -> None:
         {"otel_spawn.context.agent": "claude", "otel_spawn.property.size": ["cx22", "cx32"]},
         {"otel_spawn.context.app": "overrides the static property"},
         {"otel_spawn.kind": "funnel", "otel_spawn.funnel.outcome": "failed"},
+        {"otel_spawn.kind": "funnel", "otel_spawn.funnel.outcome": "abandoned"},
+        {"otel_spawn.kind": "event"},
+        {"otel_spawn.context.agent": "claude", "otel_spawn.context.n": 2, "otel_spawn.property.ok": True},
+        {"otel_spawn.property.app": "a property over a static one"},
+        {"otel_spawn.property.source": "over a static one in one context, not in the others"},
+        {"otel_spawn.context.k": 1, "otel_spawn.property.k": 2},
+        {
+            "otel_spawn.context.funnel": "x",
+            "otel_spawn.context.elapsed_ms": "x",
+            "otel_spawn.context.step": "x",
+        },
+        {"otel_spawn.property.step": "x", "otel_spawn.property.step_duration_ms": 0},
+        {"otel_spawn.property.trace_id": "x", "otel_spawn.property.elapsed_ms": -1},
+        {"otel_spawn.source": "ci"},
+        {"otel_spawn.funnel.outcome": "completed"},
+        {"otel_spawn.step": None},
+        {"otel_spawn.funnel.start_ns": 1_795_000_000_900_000_000},  # after the step: elapsed_ms 0
+        {"otel_spawn.property.f": 1.5, "otel_spawn.property.z": -0.0, "otel_spawn.property.none": None},
+        {"otel_spawn.property.big": 2**70, "otel_spawn.property.t": (1, True, 1.0), "vm.ip": "203.0.113.9"},
+        {"otel_spawn.property.nan": float("nan"), "otel_spawn.property.inf": float("-inf")},
+        {"otel_spawn.property.q": 'a "quote", a \\ and\na line', 'otel_spawn.property."elapsed_ms":0': "é ☃"},
     ],
 )
 def test_encode_record_is_the_json_of_translate_record(attributes: dict[str, Any]) -> None:
-    """The fast encoding (static properties encoded once) is byte for byte the plain encoding."""
-    for ctx in (CTX, EventContext(distinct_id="d-2", static={})):
-        events = translate_record(record(7, **attributes), ctx)
-        assert events
-        assert [(e.uuid, e.body) for e in encode_record(record(7, **attributes), ctx)] == [
-            (event["uuid"], encode_json(event)) for event in events
-        ]
+    """The fast encoding is byte for byte the plain encoding: for a record seen the first time, the
+    second (its step prepared), the third (served from the cache) and one of other s, b and e."""
+    for ctx in CONTEXTS:
+        assert assert_encodes_as_translated(record(7, **attributes), ctx)
+        assert_encodes_as_translated(record(7, **attributes), ctx)
+        assert_encodes_as_translated(record(7, **attributes), ctx)
+        other = {**record(7, **attributes), "s": 2**64 - 1, "b": None, "e": 1_796_000_000_000_000_001}
+        assert_encodes_as_translated(other, ctx)
+
+
+def counting_preparations(monkeypatch: pytest.MonkeyPatch) -> list[_translate._StepJson | None]:
+    """What `encode_record` prepares for the steps it caches, from now on."""
+    prepared: list[_translate._StepJson | None] = []
+    prepare = _translate._step_json
+
+    def counted(r: SpanRecord, ctx: EventContext) -> _translate._StepJson | None:
+        prepared.append(prepare(r, ctx))
+        return prepared[-1]
+
+    monkeypatch.setattr(_translate, "_step_json", counted)
+    return prepared
+
+
+def test_encode_record_prepares_a_step_once_and_never_serves_it_for_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records that differ only in s, b and e share one prepared step. Any other difference makes
+    another, down to values that compare equal but encode differently (1, True, 1.0; 0.0, -0.0)."""
+    prepared = counting_preparations(monkeypatch)
+    ctx = EventContext(distinct_id="d-1", static={"app": "spawn"})
+    base = record(
+        1, **{"otel_spawn.context.agent": "claude", "otel_spawn.property.n": 1, "otel_spawn.property.z": 0.0}
+    )
+    for n in range(5):
+        assert_encodes_as_translated({**base, "s": n, "b": base["b"] + n, "e": base["e"] + 7 * n}, ctx)
+    assert len(prepared) == 1  # at the second record; the next three were served from the cache
+    expected = assert_encodes_as_translated(base, ctx)
+    changes: list[dict[str, Any]] = [
+        *({"otel_spawn.property.n": value} for value in (True, 1.0, 2, "1", [1], (1,), None)),
+        {"otel_spawn.property.z": -0.0},
+        {"otel_spawn.context.agent": "codex"},
+        {"otel_spawn.context.cloud": "hetzner"},
+        {"otel_spawn.step": "step_2"},
+        {"otel_spawn.funnel.start_ns": base["a"]["otel_spawn.funnel.start_ns"] - 10_000_000},
+        {"otel_spawn.funnel.outcome": "Interrupted"},
+    ]
+    others = [{**base, "t": 0xDEF}, *({**base, "a": {**base["a"], **change}} for change in changes)]
+    for other in others:
+        for _ in range(3):  # the general path, then prepared, then from the cache
+            assert assert_encodes_as_translated(other, ctx) != expected
+    assert len(prepared) == 1 + len(others)
+    renamed = assert_encodes_as_translated({**base, "n": "renamed"}, ctx)  # the step attribute names it
+    assert renamed == expected
+    assert len(prepared) == 1 + len(others)
+
+
+def test_encode_record_of_a_value_marshal_cannot_write() -> None:
+    """Never in a record read back from the journal; the general path encodes it."""
+
+    class Text(str):
+        pass
+
+    r = record(1, **{"otel_spawn.property.text": Text("subclassed")})
+    for _ in range(3):
+        expected = [(event["uuid"], encode_json(event)) for event in translate_record(r, CTX)]
+        assert [(e.uuid, e.body) for e in encode_record(r, CTX)] == expected
+
+
+def test_encode_record_of_many_varied_records_in_any_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records of a few traces, steps, contexts, properties, kinds and times, each again and again
+    in random order, through a cache small enough to start afresh often: as translated, always."""
+    monkeypatch.setattr(_translate, "_STEPS_CACHED", 8)
+    general = 0  # records the general path encoded; the others were served from the cache
+    encode_parts = _translate._encode_parts
+
+    def counted(r: SpanRecord, ctx: EventContext) -> list[Outgoing]:
+        nonlocal general
+        general += 1
+        return encode_parts(r, ctx)
+
+    monkeypatch.setattr(_translate, "_encode_parts", counted)
+    rng = random.Random(7)
+    contexts: list[dict[str, Any]] = [
+        {},
+        {"otel_spawn.context.agent": "claude"},
+        {"otel_spawn.context.agent": "codex", "otel_spawn.context.n": 2},
+    ]
+    properties: list[dict[str, Any]] = [
+        {},
+        {"otel_spawn.property.size": "cx22", "otel_spawn.property.retries": 2},
+        *({"otel_spawn.property.v": value} for value in (True, 1, 1.0, 0.0, -0.0, ["a", 1], ("a", 1), None)),
+        {"otel_spawn.property.app": "x"},
+        {"otel_spawn.property.funnel": "x"},
+        {"otel_spawn.context.step": "x"},
+    ]
+    kinds: list[dict[str, Any]] = [
+        *[{}] * 12,
+        {"otel_spawn.funnel.outcome": "completed"},
+        {"otel_spawn.funnel.outcome": "RuntimeError"},
+        {"otel_spawn.funnel.start_ns": None},
+        {"otel_spawn.kind": "event"},
+        {"otel_spawn.kind": "funnel", "otel_spawn.funnel.outcome": "failed"},
+        {"otel_spawn.kind": "funnel", "otel_spawn.funnel.outcome": "abandoned"},
+    ]
+    exception = {"exception.type": "RuntimeError", "exception.message": "boom", "exception.stacktrace": ""}
+    shapes = []
+    for _ in range(60):
+        shape = record(0, **rng.choice(contexts), **rng.choice(properties), **rng.choice(kinds))
+        shape["t"], shape["n"] = rng.choice([0xABC, 0xDEF, 2**128 - 1]), rng.choice(["boot", "ssh"])
+        shape["a"]["otel_spawn.step"] = shape["n"]
+        if rng.random() < 0.1:
+            del shape["a"]["otel_spawn.step"]  # the span's name names the step
+        shape["x"] = exception if rng.random() < 0.5 else None
+        shapes.append(shape)
+    for i in range(600):  # mostly a few shapes at a time, as the records of a run come
+        shape = shapes[(i // 20 + rng.randrange(3)) % 60] if rng.random() < 0.9 else rng.choice(shapes)
+        start = 1_795_000_000_000_000_000 + rng.randrange(-(10**9), 10**10)
+        r = {**shape, "s": rng.getrandbits(64), "b": start, "e": start + rng.randrange(10**10)}
+        for ctx in CONTEXTS:
+            assert_encodes_as_translated(r, ctx)
+            assert len(ctx._step_cache) <= 8
+    assert 3 * 600 - general > 3 * 600 / 4
 
 
 def test_entries_are_read_whole_across_chunk_boundaries(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

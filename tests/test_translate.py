@@ -327,6 +327,12 @@ def test_iso_timestamp_and_uuid_match_the_standard_library(micros: int) -> None:
     trace_id, span_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
     name = f"{trace_id:032x}-{span_id:016x}-funnel_vm_ready"
     assert event_uuid(trace_id, span_id, "funnel_vm_ready") == str(uuid.uuid5(_UUID_NAMESPACE, name))
+    variants = set()
+    for span_id in range(64):  # each of the four variant digits, and what SHA-1 puts around them
+        name = f"{trace_id:032x}-{span_id:016x}-funnel_é"
+        variants.add(event_uuid(trace_id, span_id, "funnel_é")[19])
+        assert event_uuid(trace_id, span_id, "funnel_é") == str(uuid.uuid5(_UUID_NAMESPACE, name))
+    assert variants == set("89ab")
 
 
 def test_plain_attributes_copies_what_spans_and_events_hold(spans: InMemorySpanExporter) -> None:
@@ -337,6 +343,7 @@ def test_plain_attributes_copies_what_spans_and_events_hold(spans: InMemorySpanE
     finished = next(s for s in spans.get_finished_spans() if s.name == "one")
     for attributes in (finished.attributes, finished.events[0].attributes, {"a": 1}, None):
         plain = plain_attributes(attributes)
-        assert type(plain) is dict and plain == dict(attributes or {})
+        assert type(plain) is dict
+        assert plain == dict(attributes or {})
         plain["new"] = 1
         assert "new" not in (attributes or {})
