@@ -69,7 +69,7 @@ class _Installation:
 
 @dataclass(frozen=True)
 class _Patch:
-    """One installed wrapper: `parent.attribute` is `wrapper`, and was `own` (MISSING: inherited)."""
+    """One installed wrapper: `parent.attribute` is `wrapper`, and was `own` (`_MISSING`: inherited)."""
 
     parent: Any  # a module or a class
     attribute: str
