@@ -4,12 +4,14 @@ otel-spawn: the real `configure()` pipeline (exporters="posthog", enabled, a tem
 `with otel_spawn.step("work")` inside an open funnel, so the time includes the funnel API, the SDK
 span, scrubbing and the durable write of the step (its span record appended to the spool's
 journal), plus whatever the sender thread takes from the host while it translates the records into
-PostHog events and folds them into SQLite (every ~20 ms, concurrently); also the same step through
-a spec-wrapped function (`funnel_spec`). Baseline, in the same process and interleaved
-with it: `with tracer.start_as_current_span("work")` on a bare SDK TracerProvider with a
-BatchSpanProcessor and a no-op exporter. Two endpoints: down (an unused port: the sender backs off,
-events accumulate and, past the spool cap, are evicted) and live (the fast capture endpoint in
-another process: the sender thread drains while the host works, and competes with it for the GIL).
+PostHog events and sends or folds them into SQLite (every ~20 ms, concurrently; while the endpoint
+is down it makes a failed attempt now and then, with backoff, and folds only once half the spool's
+cap waits); also the same step through a spec-wrapped function (`funnel_spec`). Baseline, in the
+same process and interleaved with it: `with tracer.start_as_current_span("work")` on a bare SDK
+TracerProvider with a BatchSpanProcessor and a no-op exporter. Two endpoints: down (an unused
+port: the sender backs off, events accumulate and, past the spool cap, are evicted) and live (the
+fast capture endpoint in another process: the sender thread drains while the host works, and
+competes with it for the GIL).
 Every figure is a median over REPEATS samples of STEPS steps, taken twice from the same loops: the
 CPU time of the host's thread (what the goal names: the cost on the host's thread), and the wall
 clock, which also counts what the sender thread takes from the host through the GIL while it
@@ -19,7 +21,8 @@ A breakdown of one step (down endpoint) shows where the time goes: each stage ti
 finished step span (and the sender thread's fold, per record, which is not on the host's thread),
 and, interleaved with the main loops, the same steps with `Sender.notify()` made a no-op (a
 diagnostic variant: the sender thread then never wakes during the loop, so the difference is what
-its concurrent folding costs the host through the GIL). The children run with OTEL_SPAWN_FLUSHER_SECONDS=0.
+its concurrent work costs the host through the GIL). The children run with
+OTEL_SPAWN_FLUSHER_SECONDS=0.
 
 Run `python benchmarks/bench_step.py` for the figures; `run()` returns them.
 """
@@ -296,8 +299,8 @@ def breakdown_lines(figures: dict[str, Any]) -> list[str]:
     down = figures["down"]
     stages = dict(down.get("breakdown_us", {}))
     background = stages.pop(SENDER_STAGE, None)
-    if "step, notify() a no-op" in down:  # the sender thread, folding meanwhile, takes the GIL
-        stages["sender thread folding meanwhile (diagnostic)"] = down["step"] - down["step, notify() a no-op"]
+    if "step, notify() a no-op" in down:  # the sender thread, working meanwhile, takes the GIL
+        stages["sender thread meanwhile (diagnostic)"] = down["step"] - down["step, notify() a no-op"]
     lines = [f"one step, endpoint down: {down['step']:.1f} us in all; stages timed alone:"]
     for name, us in stages.items():
         lines.append(f"  {name:44} {us:8.1f} us")

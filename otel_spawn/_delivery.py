@@ -23,7 +23,9 @@ from otel_spawn._translate import EventContext, SpanRecord, translate_record
 
 class Outbox(Protocol):
     def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None: ...  # host thread
-    def ingest(self, orphans: bool = True, own: bool = True) -> None: ...  # fold what put_records wrote
+    def ingest(  # fold what put_records wrote
+        self, orphans: bool = True, own: bool = True, lazy: bool = False
+    ) -> None: ...
     def put(self, events: Sequence[Event]) -> None: ...
     def take(self, limit: int) -> list[Outgoing]: ...  # claim the oldest unsent events
     def ack(self, events: Sequence[Outgoing]) -> None: ...  # delivered: forget them
@@ -56,7 +58,7 @@ class MemoryOutbox:
     def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None:
         self.put([event for record in records for event in translate_record(record, context)])
 
-    def ingest(self, orphans: bool = True, own: bool = True) -> None:
+    def ingest(self, orphans: bool = True, own: bool = True, lazy: bool = False) -> None:
         pass
 
     def put(self, events: Sequence[Event]) -> None:
@@ -167,7 +169,7 @@ class Sender:
         try:
             if self._send_all(deadline):
                 return True
-            self.outbox.ingest()  # not sending for now (an outage): fold the journal into the capped spool
+            self.outbox.ingest(lazy=True)  # not sending for now (an outage): fold once the backlog is large
             return False
         finally:
             self._lock.release()

@@ -2,10 +2,10 @@
 
 Appending a span record is one write(2), a few microseconds (an SQLite commit costs ~50): the entry
 is in the OS page cache when the step returns, so it survives SIGKILL and os._exit. The sender
-thread folds new entries into the SQLite spool every few tens of milliseconds (recording how far it
-got in the same transaction), and the journal is removed when the spool closes. The journal of a
-process that died is folded in by the next process of the app that opens the spool, or by
-`otel-spawn flush`.
+thread sends entries straight from it or folds them into the SQLite spool (recording how far it
+got in the same transaction; see _spool_journal.py); the journal is removed when the spool closes.
+The journal of a process that died is folded in by the next process of the app that opens the
+spool, or by `otel-spawn flush`.
 
 A process holds an exclusive flock on its journal for as long as it lives; the kernel drops it
 when the process dies, however it dies, which is how another process tells an orphan from a live
@@ -36,7 +36,7 @@ except ImportError:  # Windows
 PREFIX = "journal-"
 SUFFIX = ".journal"
 READ_CHUNK = 1 << 20  # fold at most this many bytes per transaction (bounds the memory a fold takes)
-ROTATE_BYTES = 1 << 20  # start a new journal once this much has been folded
+ROTATE_BYTES = 1 << 20  # a fold starts a new journal once the current one holds this much
 
 TEMPORARY_GRACE_SECONDS = 60.0  # a leftover temporary younger than this may be a journal being created
 
@@ -93,11 +93,11 @@ class Journal:
         self.fd = fd  # last: the sender reads fd without the lock
 
     def detach(self, force: bool = False) -> tuple[int, str] | None:
-        """Stop appending to the current file once ROTATE_BYTES of it are folded (or now, if `force`):
-        the next append starts a new file. Returns (fd, name) of the old one, for the caller to fold
-        the rest of and remove; its lock is held until the caller closes the fd."""
+        """Stop appending to the current file once it holds ROTATE_BYTES (or now, if `force`): the
+        next append starts a new file. Returns (fd, name) of the old one, for the caller to fold the
+        rest of and remove; its lock is held until the caller closes the fd."""
         with self.lock:
-            if self.fd is None or (not force and self.offset < ROTATE_BYTES):
+            if self.fd is None or (not force and self.size < ROTATE_BYTES):
                 return None
             old = (self.fd, self.name)
             self.fd = None

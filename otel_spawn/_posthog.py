@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,11 +95,18 @@ def classify(status: int, retry_after: str | None = None, detail: str = "") -> O
     return Outcome(verdict, status, None, detail)
 
 
+def _proxy_configured() -> bool:
+    """Whether httpx would route requests through a proxy (its trust_env variables)."""
+    return any(k.lower() in ("http_proxy", "https_proxy", "all_proxy") and v for k, v in os.environ.items())
+
+
 class PostHogClient:
     """Sends one batch and classifies the answer; never raises.
 
-    The httpx client (and with it the import of httpx and, for https, loading the CA bundle: ~100 ms)
-    is made on the first send, which happens on the sender thread, not in `configure()`.
+    The httpx client (and with it the import of httpx and an SSL context: 105-135 ms of CPU, most of
+    it holding the GIL) is made on the first send, on the sender thread, not in `configure()`. Until
+    then each send first opens a plain TCP connection (`_unreachable`): an endpoint that is down or a
+    machine that is offline is retried later without loading httpx beside a busy host.
     """
 
     def __init__(
@@ -143,6 +151,22 @@ class PostHogClient:
                 self._client = httpx.Client(timeout=timeout, verify=self.url.startswith("https:"))
             return self._client
 
+    def _unreachable(self, timeout: float | None) -> str | None:
+        """Before httpx is loaded: why no TCP connection to the endpoint opens, or None if one does
+        (or if a proxy is configured: then only httpx knows the way)."""
+        if self._client is not None or not self._owns_client or _proxy_configured():
+            return None
+        import socket
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(self.url)
+            address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+            socket.create_connection(address, timeout=min(timeout or self.timeout, 3.0)).close()
+        except (OSError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
     def abandon(self, batch: Sequence[Outgoing]) -> bool:
         """Forbid `batch` from being written; True if no byte of it was (so it is safe to resend).
 
@@ -156,6 +180,9 @@ class PostHogClient:
 
     def send(self, events: Sequence[Outgoing], timeout: float | None = None) -> Outcome:
         """POST one batch; `timeout` (seconds) caps this request, else the client's timeout applies."""
+        unreachable = self._unreachable(timeout)
+        if unreachable is not None:
+            return Outcome(Verdict.RETRY, None, None, unreachable)
         import httpx
 
         body = encode_batch(self.api_key, events)

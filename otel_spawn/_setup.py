@@ -186,7 +186,7 @@ def posthog_exporter(
 
     @guarded("posthog exit", None)
     def after_shutdown() -> None:
-        spool.ingest(orphans=False)  # this run's journal into SQLite, before a flusher looks
+        spool.hand_over()  # this run's journal into SQLite (if long: left to a flusher or the next run)
         # A batch still in flight keeps its claim: if the server got it, resending now would
         # duplicate it; if not, another sender takes it over when the lease expires.
         if spool.degraded and spool.depth():  # in memory only: this is their last chance (bounded)

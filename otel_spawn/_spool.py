@@ -3,9 +3,9 @@
 When a step ends its scrubbed span record is appended to this process's journal (see _journal.py:
 one write, survives SIGKILL). The sender thread translates the records into events: while the
 endpoint keeps up it sends them straight from the journal and only moves the journal's offset once
-PostHog acknowledged them; otherwise (an outage, a retry, exit) it folds them into SQLite, offset
-and events in one transaction. Where flock is missing (Windows) or the journal cannot be written,
-events go straight into SQLite.
+PostHog acknowledged them; otherwise (a retry, exit, an outage once half the cap waits) it folds
+them into SQLite, offset and events in one transaction. Where flock is missing (Windows) or the
+journal cannot be written, events go straight into SQLite.
 
 Several processes of one app share the spool. A sender *claims* a batch (a lease of LEASE_SECONDS)
 so no two processes send the same events at once; it deletes only what PostHog acknowledged. A

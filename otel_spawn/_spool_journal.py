@@ -25,6 +25,7 @@ from otel_spawn._translate import EventContext, encode_record
 
 JOURNAL_KEY = "journal:"  # meta key prefix: how many bytes of a journal file are folded in
 ORPHAN_SCAN_SECONDS = 30.0  # how often a running process looks for journals of processes that died
+EXIT_FOLD_BYTES = 256 << 10  # folded at exit (~1,100 steps, ~15 ms); a longer backlog is handed over
 
 
 class JournalFolding:
@@ -33,6 +34,7 @@ class JournalFolding:
     path: Path
     owner: str
     lease: float
+    max_bytes: int
     _lock: threading.Lock
     _db: sqlite3.Connection | None
     _journal: Journal | None
@@ -44,11 +46,16 @@ class JournalFolding:
     def _insert(self, db: sqlite3.Connection, events: Sequence[Outgoing], claimed: bool = False) -> None:
         raise NotImplementedError
 
-    def ingest(self, orphans: bool = True, own: bool = True) -> None:
-        """Fold journals into SQLite: this process's new entries (unless `own` is False), and (every
-        ORPHAN_SCAN_SECONDS, unless `orphans` is False) those of processes that died or exited
-        without folding (forked workers)."""
+    def ingest(self, orphans: bool = True, own: bool = True, lazy: bool = False) -> None:
+        """Fold journals into SQLite: this process's new entries (unless `own` is False; if `lazy`,
+        only once half the size cap waits in the journal), and (every ORPHAN_SCAN_SECONDS, unless
+        `orphans` is False) those of processes that died or exited without folding (forked workers).
+
+        `lazy` is for an outage: the journal is as durable as SQLite, and a fold running beside a busy
+        host costs it through the GIL, so short outages never fold before exit (see `hand_over`)."""
         journal = self._journal if own else None
+        if lazy and journal is not None and journal.size - journal.offset < self.max_bytes // 2:
+            journal = None
         scan = orphans and time.monotonic() >= self._orphan_scan_due
         if (journal is None or journal.fd is None) and not scan:
             return
@@ -60,13 +67,30 @@ class JournalFolding:
             if journal is not None and fd is not None:
                 try:
                     self._materialize(db)  # a batch read straight from the journal, before folding past it
-                    self._fold(db, journal.name, fd, journal)
-                    self._retire(db, journal.detach())
+                    full = journal.detach()  # new steps go to a new file while this one is folded
+                    if full is None:
+                        self._fold(db, journal.name, fd, journal)
+                    self._retire(db, full)
                 except Exception as exc:  # retried at the next round
                     self._cannot_fold(exc)
             if scan:
                 self._orphan_scan_due = time.monotonic() + ORPHAN_SCAN_SECONDS
                 self._fold_orphans(db)
+
+    def hand_over(self, fold_limit: int = EXIT_FOLD_BYTES) -> None:
+        """At exit: fold this process's journal if at most `fold_limit` bytes of it wait; else leave
+        it, unlocked, to the exit-time flusher or the next run (the host does not wait for the fold)."""
+        journal = self._journal
+        if journal is None or journal.fd is None or journal.size - journal.offset <= fold_limit:
+            self.ingest(orphans=False)
+            return
+        with self._lock:
+            if self._db is not None:
+                with contextlib.suppress(Exception):
+                    self._materialize(self._db)  # the batch in flight keeps its claim
+            left = journal.detach(force=True)
+        if left is not None:
+            os.close(left[0])  # drops the lock: from now on it is an orphan
 
     def _fold_orphans(self, db: sqlite3.Connection) -> None:
         home = self.path.parent

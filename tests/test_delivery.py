@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from servers import unused_port
 
 from otel_spawn._delivery import Backoff, MemoryOutbox, Sender
 from otel_spawn._posthog import Outgoing, PostHogClient, Verdict, classify, encode_batch, parse_retry_after
@@ -231,4 +232,27 @@ def test_client_sends_again_after_close() -> None:
     )  # refused: a network error, not a crash
     client.close()
     assert client.send([Outgoing.of(event("a"))]).verdict is Verdict.RETRY
+    client.close()
+
+
+def test_an_unreachable_endpoint_is_retried_without_loading_httpx_client() -> None:
+    """Before its first request the client opens a plain TCP connection: refused, the batch is a
+    network error to retry, and no httpx client (105-135 ms of CPU beside the host) was made."""
+    client = PostHogClient(host=f"http://127.0.0.1:{unused_port()}", api_key="phc_x", timeout=0.5)
+    outcome = client.send([Outgoing.of(event("a"))])
+    assert (outcome.verdict, outcome.status) == (Verdict.RETRY, None)
+    assert "ConnectionRefusedError" in outcome.detail
+    assert client._client is None
+
+
+def test_with_a_proxy_configured_httpx_finds_the_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy (HTTP_PROXY & co.) is httpx's business: no direct TCP check that would bypass it."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{unused_port()}")  # a dead proxy
+    client = PostHogClient(host=f"http://127.0.0.1:{unused_port()}", api_key="phc_x", timeout=0.5)
+    outcome = client.send([Outgoing.of(event("a"))])
+    assert outcome.verdict is Verdict.RETRY
+    assert outcome.detail.startswith("ProxyError") or outcome.detail.startswith("ConnectError")
+    assert client._client is not None  # the request went through httpx (to the proxy)
     client.close()

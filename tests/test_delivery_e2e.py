@@ -187,6 +187,30 @@ def settle(server: CaptureServer, count: int) -> None:
     assert server.wait_for_events(count, timeout=10)
 
 
+def test_a_long_outage_backlog_is_handed_over_at_exit(home: Path, capture_server: CaptureServer) -> None:
+    """Endpoint down and more journaled than EXIT_FOLD_BYTES: shutdown leaves the journal (it does not
+    fold it on the host's way out); `flush` later folds it and delivers every event once."""
+    otel_spawn.configure(
+        app="spawn",
+        exporters="posthog,local",
+        enabled=True,
+        posthog_host=f"http://127.0.0.1:{unused_port()}",
+        posthog_api_key="phc_x",
+    )
+    run_funnel(4000)  # ~1 MB of step records: more than EXIT_FOLD_BYTES (256 KiB) even after the
+    # sender stored a batch or two it failed to send (at most 1,000 each, 0.25 s and ~0.75 s in)
+    otel_spawn.shutdown()
+    assert len(list(home.glob("journal-*.journal"))) == 1
+    assert len(spooled(home)) < 4000
+    settings = resolve({"app": "spawn", "posthog_host": capture_server.url, "posthog_api_key": "phc_x"})
+    result = flush(settings, max_seconds=20)
+    assert (result.remaining, result.error) == (0, None)
+    received = Counter(map(str, capture_server.uuids()))
+    assert sorted(received) == sorted(generated(home))  # zero lost
+    assert max(received.values()) == 1  # zero duplicated
+    assert list(home.glob("*journal-*")) == []
+
+
 def test_lost_response_resends_identical_uuid_and_timestamp(capture_server: CaptureServer) -> None:
     """When the response is lost the resend is the same event, so PostHog's deduplication absorbs it."""
     capture_server.script(AcceptThenDrop())

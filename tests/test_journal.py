@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from servers import unused_port
 
 from otel_spawn import _journal, _translate
-from otel_spawn._posthog import Outgoing, encode_json
+from otel_spawn._delivery import Sender
+from otel_spawn._posthog import Outgoing, PostHogClient, encode_json
 from otel_spawn._spool import SPOOL_DB, SqliteSpool
 from otel_spawn._translate import EventContext, SpanRecord, encode_record, translate_record
 
@@ -555,3 +557,60 @@ def test_the_host_folds_when_the_sender_falls_far_behind(home: Path, monkeypatch
     assert stored(home) > 0  # folded (the oldest then evicted to the 2,000-byte cap, and counted)
     assert spool.status().evicted + len(names(spool)) == 40
     spool.close()
+
+
+def backlog(spool: SqliteSpool) -> int:
+    journal = spool._journal
+    assert journal is not None
+    return journal.size - journal.offset
+
+
+def test_during_an_outage_the_sender_folds_only_a_large_backlog(home: Path) -> None:
+    """While PostHog cannot be reached the sender leaves the journal alone (it is as durable as SQLite,
+    and a fold beside a busy host costs it) until half the size cap waits; then it folds all of it."""
+    spool = SqliteSpool(home, max_bytes=20_000)
+    client = PostHogClient(host=f"http://127.0.0.1:{unused_port()}", api_key="phc_x")
+    sender = Sender(outbox=spool, client=client)
+    spool.put_records([record(0)], CTX)
+    assert not sender.drain(deadline=None)  # refused: the batch it had taken is stored, claimed
+    assert "Connection refused" in str(sender.stats.last_error)
+    assert stored(home) == 1
+    n = 1
+    while backlog(spool) + len(_journal.frame(record(n))) < 10_000:
+        spool.put_records([record(n)], CTX)
+        n += 1
+    assert not sender.drain(deadline=None)  # backing off: nothing sent, nothing folded
+    assert stored(home) == 1
+    spool.put_records([record(n)], CTX)  # now half the cap waits
+    assert not sender.drain(deadline=None)
+    assert (stored(home), backlog(spool)) == (n + 1, 0)
+    spool.ingest(lazy=True)  # orphans are still folded when due, whatever the backlog
+    spool.close()
+
+
+def test_at_exit_a_long_backlog_is_handed_over_not_folded(home: Path) -> None:
+    """hand_over folds a short backlog; a longer one is left unlocked for the flusher or the next run
+    (the batch in flight is stored first, keeping its claim), and every event is delivered once."""
+    short = SqliteSpool(home)
+    short.put_records([record(1)], CTX)
+    short.hand_over(fold_limit=10_000)
+    assert stored(home) == 1
+    short.ack(short.take(10))
+    short.close()
+    assert journals(home) == []
+
+    spool = SqliteSpool(home)
+    spool.put_records([record(n) for n in range(2, 5)], CTX)
+    in_flight = spool.take(100)  # straight from the journal
+    spool.put_records([record(n) for n in range(5, 40)], CTX)
+    spool.hand_over(fold_limit=100)
+    assert stored(home) == 3  # only the batch in flight, still claimed by this process
+    (left,) = journals(home)
+    spool.close()
+    assert journals(home) == [left]  # close() leaves it too
+    later = SqliteSpool(home)
+    assert names(later) == [f"funnel_step_{n}" for n in range(5, 40)]
+    assert journals(home) == []
+    assert later.take(10) == []  # the batch in flight stays claimed by its sender until the lease ends
+    assert [json.loads(e.body)["event"] for e in in_flight] == [f"funnel_step_{n}" for n in range(2, 5)]
+    later.close()
