@@ -176,6 +176,12 @@ class Sender:
 
     def _send_all(self, deadline: float | None) -> bool:
         self.outbox.ingest(own=False)  # dead processes' journals (when due), before any batch is taken
+        if not self.stats.auth_failed and time.monotonic() >= self._not_before:
+            timeout = None if deadline is None else max(0.01, deadline - time.monotonic())
+            unreachable = self.client.unreachable(timeout)  # before a batch is taken and encoded
+            if unreachable is not None:
+                self._back_off(Outcome(Verdict.RETRY, None, None, unreachable))
+                return False
         while not self.stats.auth_failed and time.monotonic() >= self._not_before:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -221,14 +227,12 @@ class Sender:
             self.stats.sent += len(batch)
             self._attempt = 0
             return True
-        self.stats.last_error = _describe(outcome)
-        self.outbox.note_error(self.stats.last_error)
         if outcome.verdict is Verdict.RETRY:
             self.outbox.release(batch)
-            self.stats.retries += 1
-            self._not_before = time.monotonic() + self.backoff.delay(self._attempt, outcome.retry_after)
-            self._attempt += 1
+            self._back_off(outcome)
             return False
+        self.stats.last_error = _describe(outcome)
+        self.outbox.note_error(self.stats.last_error)
         if outcome.verdict is Verdict.AUTH:
             self.outbox.release(batch)
             self.stats.auth_failed = True
@@ -246,6 +250,14 @@ class Sender:
         self.stats.quarantined += len(batch)
         logger.warning("otel-spawn: PostHog refused %d event(s): %s", len(batch), _describe(outcome))
         return True
+
+    def _back_off(self, outcome: Outcome) -> None:
+        """A failure worth retrying: note it and wait (jittered, growing) before the next attempt."""
+        self.stats.last_error = _describe(outcome)
+        self.outbox.note_error(self.stats.last_error)
+        self.stats.retries += 1
+        self._not_before = time.monotonic() + self.backoff.delay(self._attempt, outcome.retry_after)
+        self._attempt += 1
 
     def retry_in(self) -> float:
         """Seconds until the server lets us try again (0 if now)."""

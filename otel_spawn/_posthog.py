@@ -105,8 +105,9 @@ class PostHogClient:
 
     The httpx client (and with it the import of httpx and an SSL context: 105-135 ms of CPU, most of
     it holding the GIL) is made on the first send, on the sender thread, not in `configure()`. Until
-    then each send first opens a plain TCP connection (`_unreachable`): an endpoint that is down or a
-    machine that is offline is retried later without loading httpx beside a busy host.
+    then the sender first asks `unreachable()`, which opens a plain TCP connection: an endpoint that
+    is down or a machine that is offline is retried later without loading httpx beside a busy host
+    (nor taking and encoding a batch).
     """
 
     def __init__(
@@ -151,9 +152,9 @@ class PostHogClient:
                 self._client = httpx.Client(timeout=timeout, verify=self.url.startswith("https:"))
             return self._client
 
-    def _unreachable(self, timeout: float | None) -> str | None:
+    def unreachable(self, timeout: float | None = None) -> str | None:
         """Before httpx is loaded: why no TCP connection to the endpoint opens, or None if one does
-        (or if a proxy is configured: then only httpx knows the way)."""
+        (None once the httpx client exists, or if a proxy is configured: only httpx knows the way)."""
         if self._client is not None or not self._owns_client or _proxy_configured():
             return None
         import socket
@@ -180,9 +181,6 @@ class PostHogClient:
 
     def send(self, events: Sequence[Outgoing], timeout: float | None = None) -> Outcome:
         """POST one batch; `timeout` (seconds) caps this request, else the client's timeout applies."""
-        unreachable = self._unreachable(timeout)
-        if unreachable is not None:
-            return Outcome(Verdict.RETRY, None, None, unreachable)
         import httpx
 
         body = encode_batch(self.api_key, events)

@@ -235,14 +235,19 @@ def test_client_sends_again_after_close() -> None:
     client.close()
 
 
-def test_an_unreachable_endpoint_is_retried_without_loading_httpx_client() -> None:
-    """Before its first request the client opens a plain TCP connection: refused, the batch is a
-    network error to retry, and no httpx client (105-135 ms of CPU beside the host) was made."""
+def test_an_unreachable_endpoint_is_retried_without_loading_httpx_or_taking_a_batch() -> None:
+    """Before its first request the sender has the client open a plain TCP connection: refused, it
+    backs off with the socket error, and neither took a batch nor made an httpx client (105-135 ms
+    of CPU beside the host)."""
     client = PostHogClient(host=f"http://127.0.0.1:{unused_port()}", api_key="phc_x", timeout=0.5)
-    outcome = client.send([Outgoing.of(event("a"))])
-    assert (outcome.verdict, outcome.status) == (Verdict.RETRY, None)
-    assert "ConnectionRefusedError" in outcome.detail
+    outbox = MemoryOutbox()
+    outbox.put([event("a")])
+    sender = Sender(outbox=outbox, client=client)
+    assert not sender.drain(deadline=None)
+    assert "ConnectionRefusedError" in str(sender.stats.last_error)
+    assert (sender.stats.retries, sender.retry_in() > 0) == (1, True)
     assert client._client is None
+    assert [e.uuid for e in outbox.take(10)] == ["u-a-0"]  # never taken
 
 
 def test_with_a_proxy_configured_httpx_finds_the_way(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,6 +256,7 @@ def test_with_a_proxy_configured_httpx_finds_the_way(monkeypatch: pytest.MonkeyP
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{unused_port()}")  # a dead proxy
     client = PostHogClient(host=f"http://127.0.0.1:{unused_port()}", api_key="phc_x", timeout=0.5)
+    assert client.unreachable() is None
     outcome = client.send([Outgoing.of(event("a"))])
     assert outcome.verdict is Verdict.RETRY
     assert outcome.detail.startswith("ProxyError") or outcome.detail.startswith("ConnectError")
