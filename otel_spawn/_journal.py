@@ -1,11 +1,20 @@
 """The spool's journal: one append-only file per process, written on the host's thread when a step ends.
 
-Appending a span record is one write(2), a few microseconds (an SQLite commit costs ~50): the entry
-is in the OS page cache when the step returns, so it survives SIGKILL and os._exit. The sender
+Appending a span record is a copy into the file's shared memory map (the OS page cache), well under
+a microsecond; where the file cannot be mapped safely it is one pwrite(2). Either way the entry is
+in the page cache when the step returns, so it survives SIGKILL and os._exit. The map matters
+beyond its speed: write(2) hands the GIL back, and a sender thread waiting for it then takes it at
+every step, which doubled the host's cost per step while the sender was busy (28-35 us against
+50-56 us per step in a 30,000-step loop with the sender draining to a live endpoint). The sender
 thread sends entries straight from it or folds them into the SQLite spool (recording how far it
 got in the same transaction; see _spool_journal.py); the journal is removed when the spool closes.
 The journal of a process that died is folded in by the next process of the app that opens the
 spool, or by `otel-spawn flush`.
+
+The file is allocated ahead of the entries (posix_fallocate, so a full disk is an error at
+allocation, never a SIGBUS at the copy), in chunks from 64 KiB doubling to 1 MiB; readers stop at
+the first zero length. An entry's length is written last, so an entry cut short by a crash reads
+as the end. Mapping is given up, for pwrite(2), when free space is below 64 MiB.
 
 A process holds an exclusive flock on its journal for as long as it lives; the kernel drops it
 when the process dies, however it dies, which is how another process tells an orphan from a live
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import marshal
+import mmap
 import os
 import struct
 import threading
@@ -40,7 +50,12 @@ ROTATE_BYTES = 1 << 20  # a fold starts a new journal once the current one holds
 
 TEMPORARY_GRACE_SECONDS = 60.0  # a leftover temporary younger than this may be a journal being created
 
+MAP_FIRST = 64 << 10  # the first allocation of a journal; doubled at each growth up to MAP_STEP
+MAP_STEP = 1 << 20
+MAP_FREE_MARGIN = 64 << 20  # below this much free disk the journal is written with pwrite(2) instead
+
 AVAILABLE = fcntl is not None
+MAPPING = hasattr(os, "posix_fallocate")  # Linux, FreeBSD; elsewhere pwrite(2)
 _LENGTH = struct.Struct("<I")
 _TYPICAL_ENTRY = 1024  # bytes read per entry wanted; a longer entry is read whole all the same
 
@@ -56,6 +71,9 @@ class Journal:
         self.size = 0  # bytes of the current file written (whole entries only)
         self.offset = 0  # bytes of the current file folded into SQLite so far
         self.appending = True  # False after a failed write: what is in the file is still folded
+        self.mapping = MAPPING  # False once mapping failed (or never possible): pwrite(2)
+        self._map: mmap.mmap | None = None  # the file up to `_allocated`
+        self._allocated = 0
         self._generation = 0
         self.lock = threading.Lock()  # appends vs. rotation
         reset_after_fork(self)
@@ -67,22 +85,51 @@ class Journal:
             if self.fd is None:
                 self._create(header)
             assert self.fd is not None
-            try:
-                _write_all(self.fd, data)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self.fd, self.size)
-                raise
-            self.size += len(data)
+            start, end = self.size, self.size + len(data)
+            if self._map is not None and (end <= self._allocated or self._grow(end)):
+                self._map[start + _LENGTH.size : end] = memoryview(data)[_LENGTH.size :]
+                self._map[start : start + _LENGTH.size] = data[: _LENGTH.size]  # last: now it counts
+            else:
+                try:
+                    _write_all(self.fd, data, start)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self.fd, start)
+                    raise
+            self.size = end
+
+    def _grow(self, end: int) -> bool:
+        """Allocate and map the file past `end`; False, and from now on pwrite(2), if it cannot be."""
+        assert self.fd is not None
+        step = min(max(self._allocated, MAP_FIRST), MAP_STEP)
+        allocated = (end // step + 1) * step
+        try:
+            free = os.fstatvfs(self.fd)
+            if free.f_bavail * free.f_frsize < MAP_FREE_MARGIN:
+                raise OSError("less than 64 MiB of free disk")
+            os.posix_fallocate(self.fd, 0, allocated)
+            mapped = mmap.mmap(self.fd, allocated)
+        except (OSError, ValueError):
+            self._unmap()
+            self.mapping = False
+            return False
+        self._unmap()
+        self._map, self._allocated = mapped, allocated
+        return True
+
+    def _unmap(self) -> None:
+        if self._map is not None:
+            self._map.close()
+        self._map, self._allocated = None, 0
 
     def _create(self, header: bytes) -> None:
         self._generation += 1
         name = f"{PREFIX}{self.owner}-{self._generation}{SUFFIX}"
         temporary = self.home / f".{name}"  # not a journal until it is locked and has its header
-        fd = os.open(temporary, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # no O_APPEND: see _grow
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _write_all(fd, header)
+            _write_all(fd, header, 0)
             os.replace(temporary, self.home / name)
         except BaseException:
             os.close(fd)
@@ -90,7 +137,9 @@ class Journal:
                 os.unlink(temporary)
             raise
         self.name, self.offset, self.size = name, 0, len(header)
-        self.fd = fd  # last: the sender reads fd without the lock
+        self.fd = fd  # before _grow, and the sender reads fd without the lock
+        if self.mapping:
+            self._grow(self.size)
 
     def detach(self, force: bool = False) -> tuple[int, str] | None:
         """Stop appending to the current file once it holds ROTATE_BYTES (or now, if `force`): the
@@ -101,6 +150,7 @@ class Journal:
                 return None
             old = (self.fd, self.name)
             self.fd = None
+            self._unmap()
             return old
 
     def _after_fork(self) -> None:
@@ -109,6 +159,7 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.close(self.fd)  # the child's copy: the parent keeps its lock
         self.fd = None
+        self._unmap()  # the child's view of the parent's file
         self.owner = f"{self.owner}.{os.getpid()}"
         self.lock = threading.Lock()
 
@@ -120,11 +171,14 @@ def frame(record: dict[str, Any]) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-def new_frames(fd: int, offset: int, limit: int | None = None) -> tuple[list[bytes], int]:
-    """The complete entries (payloads) after `offset`, at most READ_CHUNK bytes of them (at least one
-    whole entry) and at most `limit` entries, and the offset after them. An entry cut short (the
-    disk filled up, the machine died) is never complete, so it is never returned."""
-    size = os.fstat(fd).st_size
+def new_frames(
+    fd: int, offset: int, limit: int | None = None, size: int | None = None
+) -> tuple[list[bytes], int]:
+    """The complete entries (payloads) after `offset` and before `size` (default: the file's size),
+    at most READ_CHUNK bytes of them (at least one whole entry) and at most `limit` entries, and the
+    offset after them. An entry cut short (the disk filled up, the machine died) is never complete,
+    so it is never returned; nor anything after a zero length (space allocated, not yet written)."""
+    size = os.fstat(fd).st_size if size is None else size
     if size - offset < _LENGTH.size:
         return [], offset
     want = READ_CHUNK if limit is None else min(READ_CHUNK, limit * _TYPICAL_ENTRY)  # more is read if needed
@@ -133,6 +187,8 @@ def new_frames(fd: int, offset: int, limit: int | None = None) -> tuple[list[byt
     pos = 0
     while pos + _LENGTH.size <= len(data) and (limit is None or len(out) < limit):
         (length,) = _LENGTH.unpack_from(data, pos)
+        if not length:
+            break
         start, end = pos + _LENGTH.size, pos + _LENGTH.size + length
         if end > len(data):
             if not out and offset + end <= size:  # one entry bigger than a chunk: read it whole
@@ -206,8 +262,8 @@ def set_aside(home: Path, name: str) -> None:
         os.replace(home / name, home / f"{name}.unreadable")
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    if os.write(fd, data) != len(data):
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    if os.pwrite(fd, data, offset) != len(data):
         raise OSError("short write to the journal (disk full?)")
 
 

@@ -137,7 +137,7 @@ class JournalFolding:
             db, fd = self._db, journal.fd
             if db is None or fd is None or self._direct is not None:
                 return []
-            frames, end = _journal.new_frames(fd, journal.offset, limit)
+            frames, end = _journal.new_frames(fd, journal.offset, limit, journal.size)
             if not frames:
                 return []
             events = self._events(journal.name, fd, frames, journal.offset)
@@ -222,9 +222,11 @@ class JournalFolding:
         else:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (JOURNAL_KEY + name,)).fetchone()
             offset = int(row[0]) if row else 0
-        size = os.fstat(fd).st_size  # what is there now: entries appended meanwhile wait for next time
+        # What is there now (entries appended meanwhile wait for next time); this process's own
+        # journal is read up to the size its appends recorded (the file is allocated further).
+        size = own.size if own is not None else os.fstat(fd).st_size
         while offset < size:
-            frames, end = _journal.new_frames(fd, offset)
+            frames, end = _journal.new_frames(fd, offset, size=size)
             if not frames:
                 return
             events = self._events(name, fd, frames, offset)

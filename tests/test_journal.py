@@ -76,7 +76,16 @@ def crash(spool: SqliteSpool) -> None:
     assert journal.fd is not None
     os.close(journal.fd)
     journal.fd = None
+    journal._unmap()  # the map holds the file (and its lock) open too
     spool._journal = None  # the dead process writes nothing more
+
+
+def inject(spool: SqliteSpool, raw: bytes) -> None:
+    """Append raw bytes to a spool's journal as if they were entries (damage, for the tests)."""
+    journal = spool._journal
+    assert journal is not None
+    assert journal.fd is not None
+    journal.append(raw, b"")
 
 
 @pytest.fixture
@@ -97,7 +106,9 @@ def test_records_are_journaled_at_once_and_folded_by_the_sender(home: Path) -> N
     entries, end = _journal.new_frames(fd, 0)
     os.close(fd)
     assert len(entries) == 3  # the header and two records
-    assert end == journal.stat().st_size
+    assert spool._journal is not None
+    assert end == spool._journal.size  # the file may be allocated further: zeros end the entries
+    assert journal.stat().st_size == (_journal.MAP_FIRST if _journal.MAPPING else end)
     assert stored(home) == 0
     spool.ingest()
     spool.ingest()  # nothing new: nothing stored twice
@@ -151,9 +162,7 @@ def test_an_unreadable_entry_is_skipped_with_a_warning(home: Path, caplog: pytes
     """A damaged entry costs that record only; the entries after it are folded."""
     spool = SqliteSpool(home)
     spool.put_records([record(1)], CTX)
-    assert spool._journal is not None
-    assert spool._journal.fd is not None
-    os.write(spool._journal.fd, struct.pack("<I", 3) + b"\xff\xfe\xfd")
+    inject(spool, struct.pack("<I", 3) + b"\xff\xfe\xfd")
     spool.put_records([record(2)], CTX)
     with caplog.at_level(logging.WARNING, logger="otel_spawn"):
         spool.ingest()
@@ -167,14 +176,15 @@ def test_a_journal_that_cannot_be_written_falls_back_to_sqlite(
 ) -> None:
     """A failing journal write costs a warning: the events go to SQLite directly from then on, what
     the journal already held is still folded, and a partial write is cut off (nothing twice)."""
+    monkeypatch.setattr(_journal, "MAPPING", False)  # pwrite(2), as where the file cannot be mapped
     spool = SqliteSpool(home)
     spool.put_records([record(1)], CTX)
-    real_write = os.write
+    real_pwrite = os.pwrite
 
-    def disk_full(fd: int, data: bytes) -> int:
-        return real_write(fd, data[:10])  # a short write, as on a full disk
+    def disk_full(fd: int, data: bytes, offset: int) -> int:
+        return real_pwrite(fd, data[:10], offset)  # a short write, as on a full disk
 
-    monkeypatch.setattr(os, "write", disk_full)
+    monkeypatch.setattr(os, "pwrite", disk_full)
     with caplog.at_level(logging.WARNING, logger="otel_spawn"):
         spool.put_records([record(2)], CTX)
         spool.put_records([record(3)], CTX)
@@ -184,6 +194,54 @@ def test_a_journal_that_cannot_be_written_falls_back_to_sqlite(
     assert sorted(names(spool)) == ["funnel_step_1", "funnel_step_2", "funnel_step_3"]
     assert "unreadable" not in caplog.text  # the cut-off line was removed, not skipped
     spool.close()
+    assert journals(home) == []
+
+
+@pytest.mark.skipif(not _journal.MAPPING, reason="the journal is mapped only where posix_fallocate is")
+@pytest.mark.parametrize("failure", ["allocation", "free space"])
+def test_a_journal_that_cannot_be_mapped_further_goes_on_with_pwrite(
+    home: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """The map grows by allocating ahead; when allocation fails (a full disk) or free space runs low,
+    the journal goes on with pwrite(2) after the last entry: every record is folded once."""
+    spool = SqliteSpool(home)
+    spool.put_records([record(0)], CTX)
+    journal = spool._journal
+    assert journal is not None
+    assert journal._map is not None
+    if failure == "allocation":
+
+        def enospc(fd: int, offset: int, length: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "posix_fallocate", enospc)
+    else:
+        monkeypatch.setattr(_journal, "MAP_FREE_MARGIN", 1 << 62)
+    n = 1
+    while journal._map is not None:  # until the next allocation was needed
+        spool.put_records([record(n)], CTX)
+        n += 1
+    spool.put_records([record(n)], CTX)
+    assert journal.mapping is False
+    assert names(spool) == [f"funnel_step_{i}" for i in range(n + 1)]
+    spool.close()
+    assert journals(home) == []
+
+
+def test_an_entry_whose_length_was_not_written_ends_the_journal(home: Path) -> None:
+    """Killed between an entry's bytes and its length (written last): the entry, and anything after,
+    is not there; the entries before it are folded by the next process, once."""
+    dead = SqliteSpool(home)
+    dead.put_records([record(1), record(2)], CTX)
+    journal = dead._journal
+    assert journal is not None
+    assert journal.fd is not None
+    frame = _journal.frame(record(3))
+    os.pwrite(journal.fd, b"\0" * 4 + frame[4:], journal.size)  # the bytes, not the length
+    crash(dead)
+    later = SqliteSpool(home)
+    assert names(later) == ["funnel_step_1", "funnel_step_2"]
+    later.close()
     assert journals(home) == []
 
 
@@ -224,9 +282,7 @@ def test_an_unreadable_orphan_is_set_aside_and_the_others_still_folded(
         dead = SqliteSpool(home)
         dead.put_records([record(n)], CTX)
         if damage:
-            assert dead._journal is not None
-            assert dead._journal.fd is not None
-            os.write(dead._journal.fd, damage)
+            inject(dead, damage)
         crash(dead)
     bad_header = home / f"{_journal.PREFIX}foreign-1{_journal.SUFFIX}"
     bad_header.write_bytes(_journal.frame({"not": "a header"}) + _journal.frame({"t": 1}))
@@ -572,15 +628,15 @@ def test_during_an_outage_the_sender_folds_only_a_large_backlog(home: Path) -> N
     client = PostHogClient(host=f"http://127.0.0.1:{unused_port()}", api_key="phc_x")
     sender = Sender(outbox=spool, client=client)
     spool.put_records([record(0)], CTX)
-    assert not sender.drain(deadline=None)  # refused: the batch it had taken is stored, claimed
+    assert not sender.drain(deadline=None)  # refused: nothing taken, nothing folded
     assert "Connection refused" in str(sender.stats.last_error)
-    assert stored(home) == 1
+    assert stored(home) == 0
     n = 1
     while backlog(spool) + len(_journal.frame(record(n))) < 10_000:
         spool.put_records([record(n)], CTX)
         n += 1
     assert not sender.drain(deadline=None)  # backing off: nothing sent, nothing folded
-    assert stored(home) == 1
+    assert stored(home) == 0
     spool.put_records([record(n)], CTX)  # now half the cap waits
     assert not sender.drain(deadline=None)
     assert (stored(home), backlog(spool)) == (n + 1, 0)
