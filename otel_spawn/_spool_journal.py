@@ -161,10 +161,14 @@ class JournalFolding:
                     _record_offset(db, direct[0], direct[1])
                     db.execute("UPDATE counters SET value = value + ? WHERE name = 'sent'", (len(events),))
                 journal.offset = direct[1]
-                # Rotate once all of it is sent (else the rest would be folded into SQLite), or if a
-                # backlog keeps it from ever being all sent.
-                if journal.offset >= _journal.ROTATE_BYTES and (
-                    journal.offset == journal.size or journal.offset >= 8 * _journal.ROTATE_BYTES
+                # Rotate once all of it is sent (what is left is folded into SQLite, ~12 us a record,
+                # and then sent from there, slower than from the journal); past 8 MiB sent once at
+                # most 1 MiB is left; past 64 MiB sent whatever is left (a backlog that never ends).
+                left, rotate = journal.size - journal.offset, _journal.ROTATE_BYTES
+                if journal.offset >= rotate and (
+                    not left
+                    or (journal.offset >= 8 * rotate and left <= rotate)
+                    or journal.offset >= 64 * rotate
                 ):
                     self._retire(db, journal.detach(force=True))
             except Exception as exc:  # not recorded as sent: folded (and sent again) later

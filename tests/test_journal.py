@@ -670,3 +670,39 @@ def test_at_exit_a_long_backlog_is_handed_over_not_folded(home: Path) -> None:
     assert later.take(10) == []  # the batch in flight stays claimed by its sender until the lease ends
     assert [json.loads(e.body)["event"] for e in in_flight] == [f"funnel_step_{n}" for n in range(2, 5)]
     later.close()
+
+
+@pytest.mark.parametrize("records", [300, 1000])
+def test_a_journal_sent_straight_rotates_without_folding_a_long_backlog(
+    home: Path, monkeypatch: pytest.MonkeyPatch, records: int
+) -> None:
+    """Sent straight from the journal, the file is rotated once fully sent, or past 8 x ROTATE_BYTES
+    sent once at most ROTATE_BYTES is left (folded into SQLite), or past 64 x whatever is left; a
+    long backlog is never folded before that (folding, then sending from SQLite, costs more)."""
+    rotate = 2000
+    monkeypatch.setattr(_journal, "ROTATE_BYTES", rotate)
+    spool = SqliteSpool(home, max_bytes=1 << 30)
+    spool.put_records([record(n) for n in range(records)], CTX)
+    journal = spool._journal
+    assert journal is not None
+    first = journal.name
+    uuids: list[str] = []
+    folded_at: tuple[int, int] | None = None  # (bytes sent, bytes left) when the backlog was folded
+    while batch := spool.take(10):
+        direct = spool._direct is not None
+        sent, left = journal.offset, journal.size - journal.offset
+        spool.ack(batch)
+        uuids += [e.uuid for e in batch]
+        if direct and folded_at is None and stored(home):
+            folded_at = (journal.offset if journal.name == first else sent, left)
+    assert len(uuids) == len(set(uuids)) == records
+    assert folded_at is not None
+    sent, left = folded_at
+    if records == 300:  # ~75 KB: the backlog shrinks under ROTATE_BYTES before 64 x
+        assert sent >= 8 * rotate
+        assert left <= rotate + 300
+    else:  # ~250 KB: rotated at 64 x with a long backlog left
+        assert 64 * rotate <= sent < 64 * rotate + 3000
+        assert left > rotate
+    assert first not in [p.name for p in journals(home)]
+    spool.close()
