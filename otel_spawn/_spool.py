@@ -1,11 +1,11 @@
 """The durable spool: product events kept from the moment their step completes until PostHog acks them.
 
 When a step ends its scrubbed span record is appended to this process's journal (see _journal.py:
-one write, survives SIGKILL). The sender thread translates the records into events: while the
-endpoint keeps up it sends them straight from the journal and only moves the journal's offset once
-PostHog acknowledged them; otherwise (a retry, exit, an outage once half the cap waits) it folds
-them into SQLite, offset and events in one transaction. Where flock is missing (Windows) or the
-journal cannot be written, events go straight into SQLite.
+one copy into its memory map, survives SIGKILL). The sender thread translates the records into
+events: while the endpoint keeps up it sends them straight from the journal and only moves the
+journal's offset once PostHog acknowledged them; otherwise (a retry, exit, an outage once half the
+cap waits) it folds them into SQLite, offset and events in one transaction. Where flock is missing
+(Windows) or the journal cannot be written, events go straight into SQLite.
 
 Several processes of one app share the spool. A sender *claims* a batch (a lease of LEASE_SECONDS)
 so no two processes send the same events at once; it deletes only what PostHog acknowledged. A
@@ -110,7 +110,7 @@ class SqliteSpool(JournalFolding):
     # --- the Outbox protocol -----------------------------------------------------------------
 
     def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None:
-        """On the host's thread: journal the records (one write), or store their events directly."""
+        """On the host's thread: journal the records (one append), or store their events directly."""
         journal = self._journal
         if journal is not None and journal.appending and self._db is not None:
             try:
