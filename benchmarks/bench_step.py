@@ -199,7 +199,7 @@ def _breakdown(telemetry: Any, home: Path, steps: int) -> dict[str, float]:
     from otel_spawn._scrub_processor import ScrubbingSpanProcessor
     from otel_spawn._setup import static_properties
     from otel_spawn._spool import SqliteSpool
-    from otel_spawn._translate import EventContext, span_record
+    from otel_spawn._translate import EventContext, span_entry, span_record
 
     memory = InMemorySpanExporter()
     collector = TracerProvider(resource=telemetry.provider.resource)
@@ -236,7 +236,7 @@ def _breakdown(telemetry: Any, home: Path, steps: int) -> dict[str, float]:
 
     def journal(n: int) -> None:
         for _ in range(n):
-            spool.put_records([span_record(span)], context)  # type: ignore[list-item]
+            spool.put_records([span_entry(span)], context)  # type: ignore[list-item]
 
     def fold(n: int) -> None:
         for _ in range(n):

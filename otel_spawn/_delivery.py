@@ -18,11 +18,13 @@ from typing import Protocol
 from otel_spawn._fork import reset_after_fork
 from otel_spawn._guard import logger, warn_once
 from otel_spawn._posthog import Event, Outcome, Outgoing, PostHogClient, Verdict
-from otel_spawn._translate import EventContext, SpanRecord, translate_record
+from otel_spawn._translate import EventContext, SpanEntry, SpanRecord, translate_entries
 
 
 class Outbox(Protocol):
-    def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None: ...  # host thread
+    def put_records(  # on the host's thread
+        self, entries: Sequence[SpanEntry | SpanRecord], context: EventContext
+    ) -> None: ...
     def ingest(  # fold what put_records wrote
         self, orphans: bool = True, own: bool = True, lazy: bool = False
     ) -> None: ...
@@ -55,8 +57,8 @@ class MemoryOutbox:
         self.stats = stats or DeliveryStats()
         self.quarantined: list[tuple[Outgoing, str]] = []
 
-    def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None:
-        self.put([event for record in records for event in translate_record(record, context)])
+    def put_records(self, entries: Sequence[SpanEntry | SpanRecord], context: EventContext) -> None:
+        self.put(translate_entries(entries, context))
 
     def ingest(self, orphans: bool = True, own: bool = True, lazy: bool = False) -> None:
         pass

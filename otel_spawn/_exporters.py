@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_spawn._guard import guarded
-from otel_spawn._translate import EventContext, span_record, translate
+from otel_spawn._translate import EventContext, span_entry, translate
 
 if TYPE_CHECKING:  # not imported at start-up: a run without the posthog exporter never loads them
     from otel_spawn._delivery import Outbox, Sender
@@ -67,9 +67,9 @@ class PostHogSpanExporter(SpanExporter):
 
     @guarded("posthog exporter", SpanExportResult.FAILURE)
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        records = [record for span in spans if (record := span_record(span)) is not None]
-        if records:
-            self.outbox.put_records(records, self.context)
+        entries = [entry for span in spans if (entry := span_entry(span)) is not None]
+        if entries:
+            self.outbox.put_records(entries, self.context)
             self.sender.notify()
         return SpanExportResult.SUCCESS
 

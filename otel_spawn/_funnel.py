@@ -33,6 +33,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _FUNNEL_KEY = otel_context.create_key("otel_spawn.funnel")
 _TRACER_NAME = "otel_spawn"
+_STEPS_CACHED = 256  # step names whose attributes a funnel run keeps built
 _tracer_obj: trace.Tracer = trace.get_tracer(_TRACER_NAME, __version__)
 
 
@@ -61,6 +62,7 @@ class FunnelState:
     inherited: bool = False  # continued from a parent process
     context_changes: int = 0  # bumped by set_context: a step that saw a change re-stamps at its end
     _attributes: tuple[int, dict[str, AttributeValue]] | None = None  # (context_changes, attributes)
+    _steps: dict[str, dict[str, AttributeValue]] = field(default_factory=dict)  # see step_attributes
 
     def attributes(self) -> dict[str, AttributeValue]:
         """The funnel's identity and current context, as span attributes (do not modify: shared)."""
@@ -69,7 +71,19 @@ class FunnelState:
             for key, value in self.context.items():
                 out[c.CONTEXT_PREFIX + key] = value
             self._attributes = (self.context_changes, out)
+            self._steps = {}
         return self._attributes[1]
+
+    def step_attributes(self, name: str) -> dict[str, AttributeValue]:
+        """A step's attributes when it has no properties (do not modify: shared by its spans, built
+        once per name and context: the SDK copies what a span starts with)."""
+        self.attributes()  # first: a context change empties the cache
+        cached = self._steps.get(name)
+        if cached is None:
+            if len(self._steps) >= _STEPS_CACHED:
+                self._steps.clear()
+            cached = self._steps[name] = _step_attributes(c.KIND_STEP, name, self, {})
+        return cached
 
     def stamp(self, span: Span) -> None:
         span.set_attributes(self.attributes())
@@ -90,7 +104,7 @@ def was_reported(exc: BaseException) -> bool:
 
 def current_funnel() -> FunnelState | None:
     """The funnel this code runs in, if any."""
-    state = otel_context.get_value(_FUNNEL_KEY)
+    state = otel_context.get_current().get(_FUNNEL_KEY)
     return state if isinstance(state, FunnelState) else None
 
 
@@ -224,7 +238,10 @@ class step:
             span = tracer().start_span(self.name)
         else:
             state.active_steps.append(self.name)
-            attributes = _step_attributes(c.KIND_STEP, self.name, state, self.properties)
+            if self.properties:
+                attributes = _step_attributes(c.KIND_STEP, self.name, state, self.properties)
+            else:
+                attributes = state.step_attributes(self.name)
             span = tracer().start_span(self.name, attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
         self._stack.append((span, token, state, state.context_changes if state else 0))

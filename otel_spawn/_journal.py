@@ -19,7 +19,9 @@ as the end. Mapping is given up, for pwrite(2), when free space is below 64 MiB.
 A process holds an exclusive flock on its journal for as long as it lives; the kernel drops it
 when the process dies, however it dies, which is how another process tells an orphan from a live
 journal. The first entry is the header (what every event of that process shares), so any process
-can translate the records. Entries are scrubbed span records: nothing unscrubbed reaches the disk.
+can translate the records. The other entries are scrubbed span records, each a tuple in marshal
+format (`RECORD_FIELDS` in _translate.py; journals written before hold dicts, read all the same):
+nothing unscrubbed reaches the disk.
 POSIX only (flock); elsewhere the spool writes to SQLite directly.
 """
 
@@ -32,7 +34,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,20 +80,27 @@ class Journal:
         self.lock = threading.Lock()  # appends vs. rotation
         reset_after_fork(self)
 
-    def append(self, data: bytes, header: bytes) -> None:
-        """Write whole entries (`frame`s); `header` starts a new file. On OSError nothing of `data`
-        stays in the file (a partial write is cut off again) and the caller stores them another way."""
+    def append(self, payloads: Sequence[bytes], header: bytes) -> None:
+        """Write one entry per payload (a record in marshal format); `header` starts a new file. On
+        OSError nothing of them stays in the file (a partial write is cut off again) and the caller
+        stores them another way."""
         with self.lock:
             if self.fd is None:
                 self._create(header)
-            assert self.fd is not None
-            start, end = self.size, self.size + len(data)
+            start = end = self.size
+            for payload in payloads:
+                end += _LENGTH.size + len(payload)
             if self._map is not None and (end <= self._allocated or self._grow(end)):
-                self._map[start + _LENGTH.size : end] = memoryview(data)[_LENGTH.size :]
-                self._map[start : start + _LENGTH.size] = data[: _LENGTH.size]  # last: now it counts
+                at = start
+                for payload in payloads:
+                    size = len(payload)
+                    self._map[at + _LENGTH.size : at + _LENGTH.size + size] = payload
+                    _LENGTH.pack_into(self._map, at, size)  # last: now the entry counts
+                    at += _LENGTH.size + size
             else:
+                assert self.fd is not None
                 try:
-                    _write_all(self.fd, data, start)
+                    _write_all(self.fd, b"".join(map(frame, payloads)), start)
                 except OSError:
                     with contextlib.suppress(OSError):
                         os.ftruncate(self.fd, start)
@@ -164,10 +173,9 @@ class Journal:
         self.lock = threading.Lock()
 
 
-def frame(record: dict[str, Any]) -> bytes:
-    """One journal entry: its length, then the record in marshal format (a record is plain data:
-    dicts, lists, strings, numbers; marshal encodes it ~4x faster than JSON on the host's thread)."""
-    payload = marshal.dumps(record)
+def frame(payload: bytes) -> bytes:
+    """One journal entry: the payload's length, then the payload (a record or the header in marshal
+    format: plain data, which marshal encodes ~4x faster than JSON on the host's thread)."""
     return _LENGTH.pack(len(payload)) + payload
 
 
@@ -208,8 +216,9 @@ def header(fd: int) -> bytes:
     return frames[0]
 
 
-def decode(payload: bytes) -> Any:
-    return marshal.loads(payload)
+# A payload from a record's entry or a header (plain data), and back.
+encode: Callable[[Any], bytes] = marshal.dumps
+decode: Callable[[bytes], Any] = marshal.loads
 
 
 def orphans(home: Path) -> Iterator[tuple[str, int]]:

@@ -24,7 +24,7 @@ from opentelemetry.trace import Link, Status
 
 from otel_spawn._constants import ATTR_SCRUBBED
 from otel_spawn._guard import report_internal_error
-from otel_spawn._translate import plain_attributes
+from otel_spawn._translate import plain_attributes, span_fields
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -52,6 +52,7 @@ class ScrubbingSpanProcessor(SpanProcessor):
         self._resources: dict[int, tuple[Resource, Resource, Counter[str]]] = {}
         self._plain_keys: set[str] = set()  # attribute keys known not to be secret-looking
         self._clean: set[str] = set()  # short strings a check found nothing in
+        self._clean_spans: set[tuple[Any, ...]] = set()  # (name, description, *values) of clean spans
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if self._starting:
@@ -82,18 +83,19 @@ class ScrubbingSpanProcessor(SpanProcessor):
 
     def scrub_span(self, span: ReadableSpan) -> ReadableSpan:
         """The span itself when nothing needs redacting, else a scrubbed copy."""
+        name, _, attributes, status, _, _, events, links = span_fields(span)
         original_resource = span.resource
         resource, counts = self._scrub_resource(original_resource)
-        attributes = plain_attributes(span.attributes)
-        if resource is original_resource and not self._may_need_scrubbing(span, attributes):
+        if resource is original_resource and not self._may_need_scrubbing(
+            name, attributes, status.description, events, links
+        ):
             return span
         counts = counts.copy()
-        name, c = self._scrubber.scrub_text(span.name)
+        name, c = self._scrubber.scrub_text(name)
         counts += c
         new_attributes = self._scrub_attributes(attributes, counts)
-        events = [self._scrub_event(e, counts) for e in span.events]
-        links = [self._scrub_link(link, counts) for link in span.links]
-        status = span.status
+        events = [self._scrub_event(e, counts) for e in events]
+        links = [self._scrub_link(link, counts) for link in links]
         if status.description:
             description, c = self._scrubber.scrub_text(status.description)
             if c:
@@ -118,23 +120,45 @@ class ScrubbingSpanProcessor(SpanProcessor):
             instrumentation_scope=span.instrumentation_scope,
         )
 
-    def _may_need_scrubbing(self, span: ReadableSpan, attributes: dict[str, Any]) -> bool:
-        """Cheap check: False when no key is secret-looking and one RE2 pass over all strings is clean."""
-        texts = [span.name]
-        if span.status.description:
-            texts.append(span.status.description)
+    def _may_need_scrubbing(
+        self,
+        name: str,
+        attributes: dict[str, Any],
+        description: str | None,
+        events: Sequence[Event],
+        links: Sequence[Link],
+    ) -> bool:
+        """Cheap check: False when no key is secret-looking and one RE2 pass over all strings is clean.
+
+        A span without events or links whose name, description and attribute values are those of one
+        found clean before (the steps of a funnel run repeat theirs) is known clean from one lookup.
+        Only spans whose every string was already known clean (short: `_CLEAN_MAX_LENGTH`) are kept."""
+        key: tuple[Any, ...] | None = None
+        if not events and not links:
+            try:
+                key = (name, description, *attributes.values())
+                if key in self._clean_spans and self._plain_keys.issuperset(attributes):
+                    return False
+            except TypeError:  # a list value: not hashable
+                key = None
+        texts = [name]
+        if description:
+            texts.append(description)
         if self._collect(attributes, texts):
             return True
-        # `span.events` and `span.links` copy into a new tuple (~0.4 us each); most spans have none
-        for event in span.events if getattr(span, "_events", True) else ():
+        for event in events if events else ():  # most spans have none: iterating copies (SDK spans)
             texts.append(event.name)
             if event.attributes and self._collect(plain_attributes(event.attributes), texts):
                 return True
-        for link in span.links if getattr(span, "_links", True) else ():
+        for link in links if links else ():
             if link.attributes and self._collect(plain_attributes(link.attributes), texts):
                 return True
         clean = self._clean
         if clean.issuperset(texts):  # the usual case: every string was seen before
+            if key is not None:
+                if len(self._clean_spans) >= _CLEAN_CACHE_SIZE:
+                    self._clean_spans.clear()
+                self._clean_spans.add(key)
             return False
         fresh = [text for text in texts if text not in clean]
         if self._scrubber.might_match(_SEPARATOR.join(fresh)):

@@ -37,7 +37,7 @@ from otel_spawn._fork import reset_after_fork
 from otel_spawn._guard import warn_once
 from otel_spawn._posthog import Event, Outgoing
 from otel_spawn._spool_journal import JournalFolding
-from otel_spawn._translate import EventContext, SpanRecord, translate_record
+from otel_spawn._translate import EventContext, SpanEntry, SpanRecord, translate_entries
 
 SPOOL_DB = "spool.sqlite3"
 LEASE_SECONDS = 30.0
@@ -109,12 +109,12 @@ class SqliteSpool(JournalFolding):
 
     # --- the Outbox protocol -----------------------------------------------------------------
 
-    def put_records(self, records: Sequence[SpanRecord], context: EventContext) -> None:
+    def put_records(self, entries: Sequence[SpanEntry | SpanRecord], context: EventContext) -> None:
         """On the host's thread: journal the records (one append), or store their events directly."""
         journal = self._journal
         if journal is not None and journal.appending and self._db is not None:
             try:
-                journal.append(b"".join(map(_journal.frame, records)), self._header_of(context))
+                journal.append(list(map(_journal.encode, entries)), self._header_of(context))
                 if journal.size - journal.offset > self.max_bytes:  # the sender cannot keep up: help
                     self.ingest(orphans=False)
                 return
@@ -123,7 +123,7 @@ class SqliteSpool(JournalFolding):
                     "journal", "otel-spawn: cannot write the spool journal (%s); writing SQLite directly", exc
                 )
                 journal.appending = False
-        self.put([event for record in records for event in translate_record(record, context)])
+        self.put(translate_entries(entries, context))
 
     def put(self, events: Sequence[Event]) -> None:
         try:  # one commit per put; a re-exported event (same uuid) is stored once

@@ -21,7 +21,7 @@ from otel_spawn import _journal, _sqlite
 from otel_spawn._guard import warn_once
 from otel_spawn._journal import Journal
 from otel_spawn._posthog import Outgoing
-from otel_spawn._translate import EventContext, encode_record
+from otel_spawn._translate import EventContext, as_record, encode_record
 
 JOURNAL_KEY = "journal:"  # meta key prefix: how many bytes of a journal file are folded in
 ORPHAN_SCAN_SECONDS = 30.0  # how often a running process looks for journals of processes that died
@@ -194,7 +194,7 @@ class JournalFolding:
         events: list[Outgoing] = []
         for payload in frames[1:] if offset == 0 else frames:
             try:
-                events.extend(encode_record(_journal.decode(payload), context))
+                events.extend(encode_record(as_record(_journal.decode(payload)), context))
             except Exception as exc:  # damaged, or of another shape (another version?): skip it
                 warn_once("journal-line", "otel-spawn: skipped an unreadable journal record (%s)", exc)
         return events
@@ -206,7 +206,7 @@ class JournalFolding:
                 "prefix": context.prefix,
                 "static": dict(context.static),
             }
-            self._header = (context, _journal.frame(fields))
+            self._header = (context, _journal.frame(_journal.encode(fields)))
         return self._header[1]
 
     def _context_of(self, name: str, fd: int) -> EventContext:

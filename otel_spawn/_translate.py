@@ -14,16 +14,17 @@ import functools
 import marshal
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Event as SpanEvent
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import Link, SpanContext, Status, StatusCode
 from opentelemetry.util.types import Attributes
 
 from otel_spawn import _constants as c
@@ -142,44 +143,79 @@ def exception_properties(
 # A finished span as translation sees it, JSON-ready: t trace id, s span id, n name, b/e start/end
 # (epoch ns), a attributes, x the `exception` event's attributes (or None), d the status description.
 SpanRecord = dict[str, Any]
+# The same values as a tuple, in this order: how the host's thread hands a record to the journal
+# (marshal encodes a tuple in ~60% of the instructions a dict takes, at every step's end).
+RECORD_FIELDS = ("t", "s", "n", "b", "e", "a", "x", "d")
+SpanEntry = tuple[int, int, str, int | None, int, dict[str, Any], dict[str, Any] | None, str | None]
 
 
 def plain_attributes(attributes: Attributes) -> dict[str, Any]:
     """A span's (or event's, link's) attributes as a plain dict, cheaply: reading the SDK's
     BoundedAttributes item by item calls a Python method per item; its `copy()` (which a
     MappingProxyType's `copy()` calls) copies the dict underneath."""
-    if isinstance(attributes, (MappingProxyType, BoundedAttributes)):  # a span's: a proxy of the SDK's
-        attributes = attributes.copy()
-        if type(attributes) is dict:
-            return cast(dict[str, Any], attributes)
+    if type(attributes) is BoundedAttributes or isinstance(attributes, MappingProxyType):  # a span's
+        copy = attributes.copy()
+        if type(copy) is dict:
+            return copy
     return dict(attributes or {})
+
+
+SpanFields = tuple[
+    str,
+    SpanContext | None,
+    dict[str, Any],
+    Status,
+    int | None,
+    int | None,
+    Sequence[SpanEvent],
+    Sequence[Link],
+]
+
+
+def span_fields(span: ReadableSpan) -> SpanFields:
+    """A finished span's name, context, attributes (a plain copy), status, start, end, events and links.
+
+    On the host's thread at every step's end, twice (the scrub check, then the record). The SDK's
+    own ReadableSpan is read from the fields behind its properties: each property read is a Python
+    call (events and links even copy), and they were most of what reading a span cost. Any other
+    class (a subclass may override a property), or fields the SDK renamed, go through the properties."""
+    if type(span) is ReadableSpan:
+        try:
+            attributes = plain_attributes(span._attributes)
+            start, end, events, links = span._start_time, span._end_time, span._events, span._links
+            return span._name, span._context, attributes, span._status, start, end, events, links
+        except AttributeError:
+            pass
+    attributes = plain_attributes(span.attributes)
+    start, end, events, links = span.start_time, span.end_time, span.events, span.links
+    return span.name, span.context, attributes, span.status, start, end, events, links
+
+
+def span_entry(span: ReadableSpan) -> SpanEntry | None:
+    """The record of a span the funnel API marked, as a tuple (`RECORD_FIELDS`), or None for a
+    trace-only span."""
+    name, context, attributes, status, start, end, events, _ = span_fields(span)
+    if c.ATTR_KIND not in attributes or context is None or end is None:
+        return None
+    exception = description = None  # a status has a description only with ERROR
+    if status.status_code is StatusCode.ERROR:  # the funnel API records exceptions on failed spans only
+        description = status.description
+        for event in events:
+            if event.name == "exception":
+                exception = plain_attributes(event.attributes)
+                break
+    return (context.trace_id, context.span_id, name, start, end, attributes, exception, description)
+
+
+def as_record(entry: SpanEntry | SpanRecord) -> SpanRecord:
+    """A record from its entry (journals written before entries were tuples hold the record itself)."""
+    return entry if isinstance(entry, dict) else dict(zip(RECORD_FIELDS, entry, strict=True))
 
 
 def span_record(span: ReadableSpan) -> SpanRecord | None:
     """The record of a span the funnel API marked, or None for a trace-only span."""
-    attrs = span.attributes
-    context, end = span.context, span.end_time
-    if not attrs or context is None or end is None:
-        return None
-    plain = plain_attributes(attrs)
-    if c.ATTR_KIND not in plain:
-        return None
-    exception = None
-    if span.status.status_code is StatusCode.ERROR:  # the funnel API records exceptions on failed spans only
-        for event in span.events:
-            if event.name == "exception":
-                exception = plain_attributes(event.attributes)
-                break
-    return {
-        "t": context.trace_id,
-        "s": context.span_id,
-        "n": span.name,
-        "b": span.start_time,
-        "e": end,
-        "a": plain,
-        "x": exception,
-        "d": span.status.description,
-    }
+    entry = span_entry(span)
+    return None if entry is None else as_record(entry)
 
 
 def translate(span: ReadableSpan, ctx: EventContext) -> list[Event]:
@@ -200,6 +236,11 @@ def translate_record(record: SpanRecord, ctx: EventContext) -> list[Event]:
         }
         for name, timestamp, uid, properties in _parts(record, ctx)
     ]
+
+
+def translate_entries(entries: Sequence[SpanEntry | SpanRecord], ctx: EventContext) -> list[Event]:
+    """The product events of records in their entry form (or as records)."""
+    return [event for entry in entries for event in translate_record(as_record(entry), ctx)]
 
 
 def encode_record(record: SpanRecord, ctx: EventContext) -> list[Outgoing]:

@@ -11,7 +11,6 @@ import random
 import signal
 import sqlite3
 import stat
-import struct
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -23,7 +22,7 @@ from otel_spawn import _journal, _translate
 from otel_spawn._delivery import Sender
 from otel_spawn._posthog import Outgoing, PostHogClient, encode_json
 from otel_spawn._spool import SPOOL_DB, SqliteSpool
-from otel_spawn._translate import EventContext, SpanRecord, encode_record, translate_record
+from otel_spawn._translate import RECORD_FIELDS, EventContext, SpanRecord, encode_record, translate_record
 
 CTX = EventContext(distinct_id="d-1", prefix="funnel_", static={"app": "spawn", "$ip": None})
 
@@ -80,12 +79,17 @@ def crash(spool: SqliteSpool) -> None:
     spool._journal = None  # the dead process writes nothing more
 
 
-def inject(spool: SqliteSpool, raw: bytes) -> None:
-    """Append raw bytes to a spool's journal as if they were entries (damage, for the tests)."""
+def framed(value: Any) -> bytes:
+    """`value` as one journal entry."""
+    return _journal.frame(_journal.encode(value))
+
+
+def inject(spool: SqliteSpool, payload: bytes) -> None:
+    """Append an entry of any payload to a spool's journal (damage, for the tests)."""
     journal = spool._journal
     assert journal is not None
     assert journal.fd is not None
-    journal.append(raw, b"")
+    journal.append([payload], b"")
 
 
 @pytest.fixture
@@ -162,7 +166,7 @@ def test_an_unreadable_entry_is_skipped_with_a_warning(home: Path, caplog: pytes
     """A damaged entry costs that record only; the entries after it are folded."""
     spool = SqliteSpool(home)
     spool.put_records([record(1)], CTX)
-    inject(spool, struct.pack("<I", 3) + b"\xff\xfe\xfd")
+    inject(spool, b"\xff\xfe\xfd")
     spool.put_records([record(2)], CTX)
     with caplog.at_level(logging.WARNING, logger="otel_spawn"):
         spool.ingest()
@@ -236,7 +240,7 @@ def test_an_entry_whose_length_was_not_written_ends_the_journal(home: Path) -> N
     journal = dead._journal
     assert journal is not None
     assert journal.fd is not None
-    frame = _journal.frame(record(3))
+    frame = framed(record(3))
     os.pwrite(journal.fd, b"\0" * 4 + frame[4:], journal.size)  # the bytes, not the length
     crash(dead)
     later = SqliteSpool(home)
@@ -278,14 +282,14 @@ def test_an_unreadable_orphan_is_set_aside_and_the_others_still_folded(
 ) -> None:
     """A dead process's journal of another shape (another version, a damaged file) never raises into
     the host and never blocks the journals after it: it is renamed aside, once."""
-    for n, damage in enumerate([b"", _journal.frame({"t": 1, "a": []}), b""]):
+    for n, damage in enumerate([b"", _journal.encode({"t": 1, "a": []}), b""]):
         dead = SqliteSpool(home)
         dead.put_records([record(n)], CTX)
         if damage:
             inject(dead, damage)
         crash(dead)
     bad_header = home / f"{_journal.PREFIX}foreign-1{_journal.SUFFIX}"
-    bad_header.write_bytes(_journal.frame({"not": "a header"}) + _journal.frame({"t": 1}))
+    bad_header.write_bytes(framed({"not": "a header"}) + framed({"t": 1}))
     spool = SqliteSpool(home)
     with caplog.at_level(logging.WARNING, logger="otel_spawn"):
         assert sorted(names(spool)) == ["funnel_step_0", "funnel_step_1", "funnel_step_2"]
@@ -300,7 +304,7 @@ def test_a_young_temporary_is_left_alone_an_old_one_removed(home: Path) -> None:
     young = home / f".{_journal.PREFIX}other-1{_journal.SUFFIX}"
     old = home / f".{_journal.PREFIX}other-2{_journal.SUFFIX}"
     for path in (young, old):
-        path.write_bytes(_journal.frame({}))
+        path.write_bytes(framed({}))
     stale = os.stat(old).st_mtime - 2 * _journal.TEMPORARY_GRACE_SECONDS
     os.utime(old, (stale, stale))
     spool.ingest()
@@ -546,7 +550,7 @@ def test_entries_are_read_whole_across_chunk_boundaries(home: Path, monkeypatch:
     path = home / "j"
     home.mkdir(parents=True)
     entries = [{"n": n, "pad": "x" * (10 if n % 3 else 200)} for n in range(10)]
-    path.write_bytes(b"".join(_journal.frame(e) for e in entries) + _journal.frame({"cut": 1})[:-2])
+    path.write_bytes(b"".join(framed(e) for e in entries) + framed({"cut": 1})[:-2])
     fd = os.open(path, os.O_RDONLY)
     seen: list[Any] = []
     offset = 0
@@ -557,7 +561,7 @@ def test_entries_are_read_whole_across_chunk_boundaries(home: Path, monkeypatch:
         seen.extend(_journal.decode(f) for f in frames)
     os.close(fd)
     assert seen == entries
-    assert offset == path.stat().st_size - len(_journal.frame({"cut": 1})) + 2
+    assert offset == path.stat().st_size - len(framed({"cut": 1})) + 2
 
 
 def test_a_healthy_endpoint_gets_events_straight_from_the_journal(home: Path) -> None:
@@ -609,7 +613,7 @@ def test_the_host_folds_when_the_sender_falls_far_behind(home: Path, monkeypatch
         spool.put_records([record(n)], CTX)
         journal = spool._journal
         assert journal is not None
-        assert journal.size - journal.offset <= 2000 + len(_journal.frame(record(n)))
+        assert journal.size - journal.offset <= 2000 + len(framed(record(n)))
     assert stored(home) > 0  # folded (the oldest then evicted to the 2,000-byte cap, and counted)
     assert spool.status().evicted + len(names(spool)) == 40
     spool.close()
@@ -632,7 +636,7 @@ def test_during_an_outage_the_sender_folds_only_a_large_backlog(home: Path) -> N
     assert "Connection refused" in str(sender.stats.last_error)
     assert stored(home) == 0
     n = 1
-    while backlog(spool) + len(_journal.frame(record(n))) < 10_000:
+    while backlog(spool) + len(framed(record(n))) < 10_000:
         spool.put_records([record(n)], CTX)
         n += 1
     assert not sender.drain(deadline=None)  # backing off: nothing sent, nothing folded
@@ -705,4 +709,17 @@ def test_a_journal_sent_straight_rotates_without_folding_a_long_backlog(
         assert 64 * rotate <= sent < 64 * rotate + 3000
         assert left > rotate
     assert first not in [p.name for p in journals(home)]
+    spool.close()
+
+
+def test_entries_as_tuples_and_records_as_dicts_fold_alike(home: Path) -> None:
+    """The host journals a record as a tuple (`RECORD_FIELDS`); a journal from before holds dicts.
+    Both fold into the same events; an entry of another shape costs only itself."""
+    spool = SqliteSpool(home)
+    one, two = record(1), record(2)
+    spool.put_records([tuple(one[key] for key in RECORD_FIELDS), two], CTX)
+    inject(spool, _journal.encode((1, 2, 3)))
+    spool.put_records([tuple(record(3)[key] for key in RECORD_FIELDS)], CTX)
+    spool.ingest()
+    assert names(spool) == ["funnel_step_1", "funnel_step_2", "funnel_step_3"]
     spool.close()

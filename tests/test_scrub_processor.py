@@ -302,3 +302,36 @@ def test_known_clean_strings_never_hide_a_secret() -> None:
     assert KEY not in repr(scrubbed)
     assert {"vm_ready", "claude", "ls"} <= pipeline.processor._clean
     assert KEY not in pipeline.processor._clean
+
+
+def test_a_span_known_clean_by_its_values_still_has_its_keys_and_events_checked() -> None:
+    """A span with the very name and values of one found clean is passed on after one lookup; the
+    same values under a secret-looking key, or with an event that holds a secret, are still scrubbed."""
+    pipeline = Pipeline(resource=Resource.create({"service.name": "spawn"}))
+    values = {"agent": "claude", "note": "s3cr3t-value"}
+    for _ in range(2):  # the second is known clean from the first
+        with pipeline.tracer.start_as_current_span("vm_ready", attributes=values):
+            pass
+    assert ("vm_ready", None, "claude", "s3cr3t-value") in pipeline.processor._clean_spans
+    with pipeline.tracer.start_as_current_span(
+        "vm_ready", attributes={"agent": "claude", "password": "s3cr3t-value"}
+    ):
+        pass
+    with pipeline.tracer.start_as_current_span("vm_ready", attributes=values) as span:
+        span.add_event("login", {"token": KEY})
+    with pipeline.tracer.start_as_current_span("vm_ready", attributes={**values, "ports": [22, 8080]}):
+        pass  # a list value: no lookup key, the check runs in full
+    first, second, by_key, with_event, with_list = pipeline.scrubbed.get_finished_spans()
+    assert dict(first.attributes or {}) == dict(second.attributes or {}) == values
+    assert dict(by_key.attributes or {})["password"] != "s3cr3t-value"
+    assert KEY not in _everything(with_event)
+    assert dict(with_list.attributes or {})["note"] == "s3cr3t-value"
+
+
+def test_the_clean_span_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("otel_spawn._scrub_processor._CLEAN_CACHE_SIZE", 4)
+    pipeline = Pipeline(resource=Resource.create({"service.name": "spawn"}))
+    for n in range(10):
+        with pipeline.tracer.start_as_current_span("step", attributes={"n": n}):
+            pass
+    assert 1 <= len(pipeline.processor._clean_spans) <= 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import marshal
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,17 +13,23 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 import otel_spawn
 from otel_spawn._funnel import use_tracer_provider
 from otel_spawn._translate import (
     _UUID_NAMESPACE,
     EventContext,
+    as_record,
     event_uuid,
     exception_frames,
     iso_timestamp,
     plain_attributes,
+    span_entry,
+    span_fields,
+    span_record,
     translate,
+    translate_record,
 )
 
 CTX = EventContext(distinct_id="d-1", prefix="funnel_", static={"app": "spawn", "$ip": None})
@@ -347,3 +354,72 @@ def test_plain_attributes_copies_what_spans_and_events_hold(spans: InMemorySpanE
         assert plain == dict(attributes or {})
         plain["new"] = 1
         assert "new" not in (attributes or {})
+
+
+def _fields_by_property(span: ReadableSpan) -> tuple[Any, ...]:
+    return (
+        *(span.name, span.context, dict(span.attributes or {}), span.status, span.start_time),
+        *(span.end_time, tuple(span.events), tuple(span.links)),
+    )
+
+
+def test_span_fields_read_what_the_properties_show(spans: InMemorySpanExporter) -> None:
+    """The fields behind an SDK span's properties, read directly, are what the properties show; a
+    ReadableSpan subclass (it may override a property) is read through its properties."""
+    with pytest.raises(RuntimeError), otel_spawn.funnel("f"), otel_spawn.step("one") as span:
+        span.add_event("e", {"k": "v"})
+        raise RuntimeError("boom")
+    finished = next(s for s in spans.get_finished_spans() if s.name == "one")
+    assert type(finished) is ReadableSpan
+    fields = span_fields(finished)
+    assert (*fields[:6], tuple(fields[6]), tuple(fields[7])) == _fields_by_property(finished)
+    assert fields[3].status_code is StatusCode.ERROR
+
+    class Renamed(ReadableSpan):
+        @property
+        def name(self) -> str:
+            return "renamed"
+
+    renamed = Renamed(name="one", context=finished.context, attributes={"a": 1}, end_time=5)
+    assert span_fields(renamed)[:3] == ("renamed", finished.context, {"a": 1})
+
+
+def test_a_record_and_its_entry_form_translate_alike(spans: InMemorySpanExporter) -> None:
+    """The journal keeps a record as a tuple (`span_entry`); `as_record` gives the record back, and a
+    record kept as a dict (older journals) is taken as it is. A tuple of another length is refused."""
+    with pytest.raises(RuntimeError), otel_spawn.funnel("f"):
+        with otel_spawn.step("one"):
+            pass
+        with otel_spawn.step("two"):
+            raise RuntimeError("boom")
+    for span in spans.get_finished_spans():
+        entry = span_entry(span)
+        record = span_record(span)
+        if record is None:
+            assert entry is None
+            continue
+        assert entry is not None
+        assert as_record(entry) == record == as_record(record)
+        assert translate_record(as_record(marshal.loads(marshal.dumps(entry))), CTX) == translate(span, CTX)
+    with pytest.raises(ValueError, match="zip"):
+        as_record((1, 2, 3))  # type: ignore[arg-type]
+
+
+def test_steps_share_attributes_until_the_context_changes(spans: InMemorySpanExporter) -> None:
+    """Steps without properties start from attributes built once per name; a context change, or
+    properties, give new ones."""
+    with otel_spawn.funnel("f"):
+        for _ in range(2):
+            with otel_spawn.step("one"):
+                pass
+        otel_spawn.set_context("agent", "codex")
+        with otel_spawn.step("one"):
+            pass
+        with otel_spawn.step("one", properties={"size": 2}):
+            pass
+    ones = [dict(s.attributes or {}) for s in spans.get_finished_spans() if s.name == "one"]
+    assert ones[0] == ones[1]
+    assert "otel_spawn.context.agent" not in ones[1]
+    assert ones[2]["otel_spawn.context.agent"] == "codex"
+    assert ones[3]["otel_spawn.property.size"] == 2
+    assert ones[3]["otel_spawn.context.agent"] == "codex"
