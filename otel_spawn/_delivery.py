@@ -233,8 +233,7 @@ class Sender:
             self.outbox.release(batch)
             self._back_off(outcome)
             return False
-        self.stats.last_error = _describe(outcome)
-        self.outbox.note_error(self.stats.last_error)
+        self._note_error(outcome)
         if outcome.verdict is Verdict.AUTH:
             self.outbox.release(batch)
             self.stats.auth_failed = True
@@ -253,10 +252,13 @@ class Sender:
         logger.warning("otel-spawn: PostHog refused %d event(s): %s", len(batch), _describe(outcome))
         return True
 
-    def _back_off(self, outcome: Outcome) -> None:
-        """A failure worth retrying: note it and wait (jittered, growing) before the next attempt."""
+    def _note_error(self, outcome: Outcome) -> None:
         self.stats.last_error = _describe(outcome)
         self.outbox.note_error(self.stats.last_error)
+
+    def _back_off(self, outcome: Outcome) -> None:
+        """A failure worth retrying: note it and wait (jittered, growing) before the next attempt."""
+        self._note_error(outcome)
         self.stats.retries += 1
         self._not_before = time.monotonic() + self.backoff.delay(self._attempt, outcome.retry_after)
         self._attempt += 1

@@ -45,9 +45,10 @@ def translate_all(spans: Sequence[ReadableSpan], ctx: EventContext) -> list[Even
 class PostHogSpanExporter(SpanExporter):
     """Hands the records of finished funnel spans to the outbox; a sender translates and delivers.
 
-    `export` runs on the host's thread and only writes to the outbox (the spool: one journal append).
-    At shutdown the sender gets
-    `exit_timeout` seconds; then `after_shutdown` runs (the spool hands leftovers to a background flusher).
+    `export` runs on the host's thread and only writes to the outbox (the spool: one journal append;
+    it folds the journal itself only when more than the spool's cap waits unsent). At shutdown the
+    sender gets `exit_timeout` seconds; then `after_shutdown` runs (the spool hands leftovers to a
+    background flusher).
     """
 
     def __init__(

@@ -71,7 +71,7 @@ class Journal:
         self.fd: int | None = None
         self.name = ""
         self.size = 0  # bytes of the current file written (whole entries only)
-        self.offset = 0  # bytes of the current file folded into SQLite so far
+        self.offset = 0  # bytes of the current file folded into SQLite or sent so far
         self.appending = True  # False after a failed write: what is in the file is still folded
         self.mapping = MAPPING  # False once mapping failed (or never possible): pwrite(2)
         self._map: mmap.mmap | None = None  # the file up to `_allocated`

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,7 +97,11 @@ def classify(status: int, retry_after: str | None = None, detail: str = "") -> O
 
 
 def _proxy_configured() -> bool:
-    """Whether httpx would route requests through a proxy (its trust_env variables)."""
+    """Whether httpx may route requests through a proxy. It asks `urllib.request.getproxies()`: on
+    Linux that reads these variables only; on macOS and Windows it also reads the system's proxy
+    settings, which only that lookup sees (and importing urllib.request loads ssl): assume one there."""
+    if sys.platform in ("darwin", "win32"):
+        return True
     return any(k.lower() in ("http_proxy", "https_proxy", "all_proxy") and v for k, v in os.environ.items())
 
 

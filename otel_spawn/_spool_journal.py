@@ -23,7 +23,7 @@ from otel_spawn._journal import Journal
 from otel_spawn._posthog import Outgoing
 from otel_spawn._translate import EventContext, as_record, encode_record
 
-JOURNAL_KEY = "journal:"  # meta key prefix: how many bytes of a journal file are folded in
+JOURNAL_KEY = "journal:"  # meta key prefix: how many bytes of a journal file are folded in or sent
 ORPHAN_SCAN_SECONDS = 30.0  # how often a running process looks for journals of processes that died
 EXIT_FOLD_BYTES = 256 << 10  # folded at exit (~1,100 steps, ~15 ms); a longer backlog is handed over
 

@@ -250,6 +250,21 @@ def test_an_unreachable_endpoint_is_retried_without_loading_httpx_or_taking_a_ba
     assert [e.uuid for e in outbox.take(10)] == ["u-a-0"]  # never taken
 
 
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_where_the_system_may_set_a_proxy_there_is_no_direct_check(
+    monkeypatch: pytest.MonkeyPatch, platform: str
+) -> None:
+    """On macOS and Windows httpx also reads the system's proxy settings: a refused direct connection
+    proves nothing there, so the request is left to httpx."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    client = PostHogClient(host=f"http://127.0.0.1:{unused_port()}", api_key="phc_x", timeout=0.5)
+    assert client.unreachable() is not None  # on this machine (Linux): the refused port is seen
+    monkeypatch.setattr("otel_spawn._posthog.sys.platform", platform)
+    assert client.unreachable() is None
+    client.close()
+
+
 def test_with_a_proxy_configured_httpx_finds_the_way(monkeypatch: pytest.MonkeyPatch) -> None:
     """A proxy (HTTP_PROXY & co.) is httpx's business: no direct TCP check that would bypass it."""
     for name in ("NO_PROXY", "no_proxy"):
